@@ -1,0 +1,73 @@
+"""GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners").
+
+Presets (the argument after the colon):
+  tiny    CPU quick start: 4 layers, d_model 256, 4 heads, context 256, trained on the embedded
+          stdlib-docstring corpus with an 8k BPE vocabulary.
+            textgen-jax train --config configs/gpt2.py:tiny --workdir runs/gpt2_tiny
+  small   GPT-2 124M: 12 layers, 768, 12 heads, context 1024, vocabulary 50257.
+            textgen-jax train --config configs/gpt2.py:small --workdir runs/gpt2_small \
+              --config.data.dataset=c4/en --config.data.data_dir=gs://BUCKET/tfds
+  medium  GPT-2 355M: 24 layers, 1024, 16 heads.   (same command, :medium)
+  large   GPT-2 774M: 36 layers, 1280, 20 heads.   (same command, :large)
+  xl      GPT-2 1.5B: 48 layers, 1600, 25 heads.   (same command, :xl)
+
+The paper sizes use the paper's vocabulary size (50257) as config.model.vocab_size and a
+tokenizer of that size trained by the stack (config.tokenizer.vocab_size); an imported
+Hugging Face checkpoint brings its own. Any leaf can be overridden: --config.optim.lr=3e-4.
+"""
+
+import ml_collections
+
+from textgen_jax.config import base_config
+
+_PAPER_SIZES = {  # num_layers, d_model, num_heads
+    "small": (12, 768, 12),
+    "medium": (24, 1024, 16),
+    "large": (36, 1280, 20),
+    "xl": (48, 1600, 25),
+}
+
+
+def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
+    config = base_config()
+    config.model.arch = "gpt2"
+    if preset == "tiny":
+        config.model.num_layers = 4
+        config.model.d_model = 256
+        config.model.num_heads = 4
+        config.model.d_ff = 1024
+        config.model.max_len = 256
+        config.data.seq_len = 128
+        config.data.global_batch_size = 32
+        config.tokenizer.vocab_size = 8192
+        config.optim.lr = 1e-3
+        config.optim.warmup_steps = 50
+        config.train.num_steps = 600
+        config.train.log_every = 20
+        config.train.eval_every = 200
+        config.train.checkpoint_every = 200
+    elif preset in _PAPER_SIZES:
+        layers, d_model, heads = _PAPER_SIZES[preset]
+        config.model.num_layers = layers
+        config.model.d_model = d_model
+        config.model.num_heads = heads
+        config.model.d_ff = 4 * d_model
+        config.model.max_len = 1024
+        config.model.vocab_size = 50257
+        config.model.dropout = 0.1
+        config.model.attention_dropout = 0.1
+        config.model.dtype = "bfloat16"
+        config.tokenizer.vocab_size = 50257
+        config.tokenizer.max_train_chars = 200_000_000
+        config.data.seq_len = 1024
+        config.data.global_batch_size = 512
+        config.optim.lr = 6e-4 if preset == "small" else 3e-4
+        config.optim.warmup_steps = 2000
+        config.train.num_steps = 600_000
+        config.train.log_every = 100
+        config.train.eval_every = 2000
+        config.train.eval_batches = 50
+        config.train.checkpoint_every = 2000
+    else:
+        raise ValueError(f"unknown gpt2 preset {preset!r}: use tiny, {', '.join(_PAPER_SIZES)}.")
+    return config

@@ -1,0 +1,36 @@
+"""textgen_jax: pretrain and fine-tune GPT, BERT, XLM, GPT-2 and BART in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="textgen_jax",
+    version="0.1.0",
+    description="JAX/Flax stack for the five classic text-generation transformers.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["textgen_jax", "textgen_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "jaxlib>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "grain>=0.2.18,<0.3",
+        "tensorflow-datasets>=4.9.10,<5",
+        "array-record>=0.8",
+        "sentencepiece>=0.2.3,<0.3",
+        "ml_collections>=1.1",
+        "absl-py>=2.1",
+        "tensorboardX>=2.6",
+        "numpy>=2",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        # The test oracle only: never imported by the package itself.
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.23,<6"],
+        "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    },
+    entry_points={"console_scripts": ["textgen-jax=textgen_jax.cli:main"]},
+)

@@ -1,0 +1,7 @@
+"""textgen_jax: pretrain and fine-tune GPT, BERT, XLM, GPT-2 and BART in JAX/Flax."""
+
+__version__ = "0.1.0"
+
+from textgen_jax.api import Loaded, generate, load  # noqa: E402
+
+__all__ = ["Loaded", "generate", "load", "__version__"]

@@ -1,0 +1,88 @@
+"""`textgen-jax COMMAND --config FILE:PRESET --workdir DIR [--config.a.b=v ...]`.
+
+The CLI only parses and dispatches; everything it runs is a library function.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "eval", "generate")
+
+config_flags.DEFINE_config_file(
+    "config", None, "Config file and preset, e.g. configs/gpt2.py:tiny.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer and metrics.")
+flags.DEFINE_multi_string("prompt", [], "Prompt(s) to continue (generate).")
+flags.DEFINE_integer("max_new_tokens", 48, "Tokens to sample per prompt (generate).")
+flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 = greedy (generate).")
+flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens; 0 = all (generate).")
+flags.DEFINE_integer("seed", 0, "Sampling seed (generate).")
+
+FLAGS = flags.FLAGS
+
+
+def _usage_error(message: str) -> None:
+    print(f"textgen-jax: {message}\nusage: textgen-jax {{{'|'.join(COMMANDS)}}} "
+          "--workdir DIR [--config configs/ARCH.py:PRESET] [--config.KEY=VALUE ...]",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def _main(argv: list[str]) -> None:
+    from textgen_jax.config import ConfigError
+
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        _usage_error(f"expected one command from {COMMANDS}, got {argv[1:]}")
+    command = argv[1]
+    if not FLAGS.workdir:
+        _usage_error("--workdir is required")
+    try:
+        if command == "train":
+            from textgen_jax.training import loop
+            if FLAGS.config is None:
+                _usage_error("train needs --config, e.g. --config configs/gpt2.py:tiny")
+            loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        elif command == "eval":
+            _evaluate(FLAGS.workdir)
+        elif command == "generate":
+            import textgen_jax
+            if not FLAGS.prompt:
+                _usage_error('generate needs --prompt "..."')
+            loaded = textgen_jax.load(FLAGS.workdir)
+            for text in textgen_jax.generate(loaded, FLAGS.prompt, FLAGS.max_new_tokens,
+                                             FLAGS.temperature, FLAGS.top_k, FLAGS.seed):
+                print(text)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"textgen-jax {command}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _evaluate(workdir: str) -> None:
+    """Validation loss and perplexity of the latest checkpoint, on this process's devices."""
+    import jax
+    import textgen_jax
+    from textgen_jax import objectives
+    from textgen_jax.training import loop, partitioning, steps
+
+    loaded = textgen_jax.load(workdir)
+    config = loaded.config
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    mesh = partitioning.make_mesh(config.mesh)
+    eval_step = jax.jit(steps.make_eval_step(loaded.model,
+                                             objectives.loss_fn_for(config.model.arch)))
+    with steps.activate(mesh):
+        result = loop.evaluate(eval_step, loaded.params, config, loaded.tokenizer, mesh)
+    print(" | ".join(f"{name} {value:.4f}" for name, value in result.items()))
+
+
+def main() -> None:
+    # Library INFO logs (Orbax, TFDS) would drown the one progress line per log step.
+    logging.set_verbosity(logging.WARNING)
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The base config every preset starts from, and the checks run on a resolved config.
+
+A preset in configs/ calls `base_config()` and overrides leaves; the CLI then applies
+`--config.a.b=v` overrides (ml_collections rejects unknown keys) and `validate` checks values.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_collections
+
+DEFAULT_SPECIAL_SYMBOLS = ("<mask>", "<sep>", "<cls>")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every architecture; presets override what differs."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "gpt2"
+    c.model.num_layers = 2
+    c.model.d_model = 128
+    c.model.num_heads = 4
+    c.model.d_ff = 512
+    c.model.max_len = 256  # number of learned positions (GPT-2's n_positions)
+    c.model.vocab_size = 0  # 0 = the tokenizer's size
+    c.model.dropout = 0.0
+    c.model.attention_dropout = 0.0
+    c.model.layer_norm_eps = 1e-5
+    c.model.init_std = 0.02
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+    c.data = ml_collections.ConfigDict()
+    # A TFDS name ('stdlib_docstrings/documents' is the embedded corpus, 'lm1b', 'c4/en', ...)
+    # or '' with `files` set to a glob of local .txt/.jsonl files.
+    c.data.dataset = "stdlib_docstrings/documents"
+    c.data.files = ""
+    c.data.text_key = "text"  # the feature (or jsonl field) holding the text
+    c.data.data_dir = ""  # TFDS data dir; '' = ~/.cache/textgen_jax/tfds or $TEXTGEN_JAX_DATA_DIR
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.seq_len = 128
+    c.data.global_batch_size = 16
+    c.data.shuffle_buffer_seed = 0
+    c.data.worker_count = 0  # grain worker processes (0 = read in the training process)
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.kind = "bpe"  # bpe | unigram
+    c.tokenizer.vocab_size = 8192
+    c.tokenizer.max_train_chars = 20_000_000
+    c.tokenizer.languages = ()  # language tags reserved as <lang:xx>
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 3e-4
+    c.optim.warmup_steps = 100
+    c.optim.decay = "cosine"  # cosine | linear | constant
+    c.optim.end_lr_ratio = 0.1
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.1
+    c.optim.clip_norm = 1.0
+    c.optim.grad_accum_steps = 1
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1 = all devices the other axes leave
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 1000
+    c.train.log_every = 10
+    c.train.eval_every = 200
+    c.train.eval_batches = 16
+    c.train.checkpoint_every = 200
+    c.train.keep_checkpoints = 3
+    c.train.async_checkpointing = True
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.prompts = ("Return the",)
+    c.sample.max_new_tokens = 48
+    c.sample.temperature = 0.8
+    c.sample.top_k = 40
+    return c
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the value and the fix."""
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks values that do not depend on the devices; raises ConfigError."""
+    m, d, o = config.model, config.data, config.optim
+    if m.d_model % m.num_heads:
+        raise ConfigError(
+            f"config.model.d_model={m.d_model} is not divisible by config.model.num_heads="
+            f"{m.num_heads}; pick num_heads dividing d_model.")
+    if m.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'.")
+    if d.seq_len > m.max_len:
+        raise ConfigError(
+            f"config.data.seq_len={d.seq_len} exceeds config.model.max_len={m.max_len}; "
+            "lower seq_len or raise max_len.")
+    if o.decay not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"config.optim.decay={o.decay!r}: use cosine, linear or constant.")
+    if o.grad_accum_steps < 1:
+        raise ConfigError(f"config.optim.grad_accum_steps={o.grad_accum_steps} must be >= 1.")
+    if config.tokenizer.kind not in ("bpe", "unigram"):
+        raise ConfigError(f"config.tokenizer.kind={config.tokenizer.kind!r}: use bpe or unigram.")
+    if not d.dataset and not d.files:
+        raise ConfigError("config.data.dataset is '' and config.data.files is '': name one.")
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        if size == 0 or size < -1:
+            raise ConfigError(f"config.mesh.{axis}={size}: use a positive size or -1.")
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def _lists_to_tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    return value
+
+
+def from_dict(values: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Rebuilds a resolved config (from a workdir's config.json) over the current defaults."""
+    config = base_config()
+    config.update(_lists_to_tuples(values))
+    return config

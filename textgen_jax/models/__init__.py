@@ -1,0 +1,36 @@
+"""Model registry: `build_model(config.model, vocab_size)` for every architecture."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+
+from textgen_jax.models.gpt2 import GPT2
+from textgen_jax.models.layers import TransformerConfig
+
+ARCHITECTURES = {"gpt2": GPT2}
+
+
+def transformer_config(model_config: ml_collections.ConfigDict,
+                       vocab_size: int) -> TransformerConfig:
+    return TransformerConfig(
+        vocab_size=vocab_size,
+        num_layers=model_config.num_layers,
+        d_model=model_config.d_model,
+        num_heads=model_config.num_heads,
+        d_ff=model_config.d_ff,
+        max_len=model_config.max_len,
+        dropout=model_config.dropout,
+        attention_dropout=model_config.attention_dropout,
+        layer_norm_eps=model_config.layer_norm_eps,
+        init_std=model_config.init_std,
+        dtype=jnp.dtype(model_config.dtype),
+    )
+
+
+def build_model(model_config: ml_collections.ConfigDict, vocab_size: int):
+    """The Flax module named by config.model.arch, sized by the config and the vocabulary."""
+    if model_config.arch not in ARCHITECTURES:
+        raise ValueError(f"config.model.arch={model_config.arch!r} is not one of "
+                         f"{sorted(ARCHITECTURES)}.")
+    return ARCHITECTURES[model_config.arch](transformer_config(model_config, vocab_size))

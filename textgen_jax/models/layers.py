@@ -1,0 +1,267 @@
+"""Blocks shared by the five architectures: dense, norms, embeddings, attention, MLP, block.
+
+Every parameter is created through `nn.with_logical_partitioning` with names from
+{batch, length, embed, heads, kv, mlp, vocab, layers}; training/partitioning.py maps them to
+mesh axes. Parameters are float32; `dtype` is the compute dtype, and every matmul accumulates
+in float32 (`preferred_element_type`), which is also the fast bfloat16 path on CPU (AMX).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """The hyperparameters a transformer stack needs; built from `config.model`."""
+
+    vocab_size: int
+    num_layers: int
+    d_model: int
+    num_heads: int
+    d_ff: int
+    max_len: int
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    dtype: jnp.dtype = jnp.float32
+    activation: str = "gelu_tanh"  # gelu_tanh (GPT, GPT-2) | gelu (BERT, XLM, BART)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+    if name == "gelu_tanh":
+        return functools.partial(jax.nn.gelu, approximate=True)
+    if name == "gelu":
+        return functools.partial(jax.nn.gelu, approximate=False)
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"unknown activation {name!r}: use gelu_tanh, gelu or relu.")
+
+
+def _dot(a: Array, b: Array, a_axes: Sequence[int], b_axes: Sequence[int]) -> Array:
+    return jax.lax.dot_general(
+        a, b, ((tuple(a_axes), tuple(b_axes)), ((), ())), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x: Array, kernel: Array, contract: int) -> Array:
+    return _matmul_fwd(x, kernel, contract)[0]
+
+
+def _matmul_fwd(x, kernel, contract):
+    kernel_dtype = jnp.zeros((), kernel.dtype)
+    kernel = kernel.astype(x.dtype)
+    y = _dot(x, kernel, range(x.ndim - contract, x.ndim), range(contract))
+    return y.astype(x.dtype), (x, kernel, kernel_dtype)
+
+
+def _matmul_bwd(contract, residuals, g):
+    # Both gradient matmuls take operands in the compute dtype and accumulate in float32, so
+    # bfloat16 training stays on the fast path (AMX on CPU) for the backward pass too.
+    x, kernel, kernel_dtype = residuals
+    g = g.astype(x.dtype)
+    batch_ndim = x.ndim - contract
+    grad_x = _dot(g, kernel, range(batch_ndim, g.ndim), range(contract, kernel.ndim))
+    grad_kernel = _dot(x, g, range(batch_ndim), range(batch_ndim))
+    return grad_x.astype(x.dtype), grad_kernel.astype(kernel_dtype.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def matmul(x: Array, kernel: Array, contract: int = 1) -> Array:
+    """Contracts the last `contract` axes of x with the first of kernel, in x's dtype.
+
+    Forward and backward matmuls take operands in x's dtype (the compute dtype) and accumulate
+    in float32; the kernel's gradient comes back in the kernel's own dtype (float32).
+    """
+    return _matmul(x, kernel, contract)
+
+
+class DenseGeneral(nn.Module):
+    """A dense layer over the last `in_axes` input axes producing `features` output axes."""
+
+    features: int | tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]
+    in_axes: int = 1
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        shape = x.shape[x.ndim - self.in_axes:] + features
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes), shape,
+            jnp.float32)
+        y = matmul(x.astype(self.dtype), kernel, self.in_axes)
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                     self.kernel_axes[self.in_axes:]),
+                features, jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in float32, returned in the compute dtype."""
+
+    eps: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), jnp.float32)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                          (x.shape[-1],), jnp.float32)
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+        return y.astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """A lookup table [num_embeddings, d_model]; `attend` gives tied output logits."""
+
+    num_embeddings: int
+    features: int
+    table_axes: tuple[str | None, str | None] = ("vocab", "embed")
+    init_std: float = 0.02
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.table_axes),
+            (self.num_embeddings, self.features), jnp.float32)
+
+    def __call__(self, ids: Array) -> Array:
+        """ids [...] -> [..., features]."""
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        """x [..., features] -> float32 logits [..., num_embeddings] (tied output layer)."""
+        # JAX's own dot_general here: XLA:CPU cannot run the custom backward's bfloat16 kernel
+        # gradient for this transposed table ("DotThunk: BF16 x BF16 = F32").
+        return jax.lax.dot_general(
+            x.astype(self.dtype), self.embedding.astype(self.dtype),
+            (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def attention_mask(query_segments: Array, key_segments: Array, causal: bool) -> Array:
+    """Boolean mask [batch, 1, q_len, k_len]: True where a query may attend to a key.
+
+    Segment ids are 0 for padding and equal for tokens of the same packed document, so
+    packed documents never attend to each other and padding is never attended to.
+    """
+    mask = (query_segments[:, :, None] == key_segments[:, None, :]) & (key_segments[:, None, :] > 0)
+    if causal:
+        # Row order is time order, also inside a packed row.
+        q_idx = jnp.arange(query_segments.shape[1])
+        k_idx = jnp.arange(key_segments.shape[1])
+        mask &= (q_idx[:, None] >= k_idx[None, :])[None]
+    return mask[:, None]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head dot-product attention; keys/values from `kv` (cross-attention) or x."""
+
+    cfg: TransformerConfig
+    out_init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, kv: Array | None = None,
+                 deterministic: bool = True) -> Array:
+        """x [batch, q_len, embed], mask [batch, 1, q_len, k_len] -> [batch, q_len, embed]."""
+        cfg = self.cfg
+        kv = x if kv is None else kv
+        proj = functools.partial(
+            DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
+            kernel_axes=("embed", "heads", "kv"), dtype=cfg.dtype,
+            kernel_init=nn.initializers.normal(cfg.init_std))
+        query = proj(name="query")(x)
+        key = proj(name="key")(kv)
+        value = proj(name="value")(kv)
+        query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+        key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
+        value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+
+        query = query / np.sqrt(cfg.head_dim).astype(cfg.dtype)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, value,
+                         preferred_element_type=jnp.float32).astype(cfg.dtype)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+        return DenseGeneral(
+            features=cfg.d_model, in_axes=2, kernel_axes=("heads", "kv", "embed"),
+            dtype=cfg.dtype, kernel_init=nn.initializers.normal(self.out_init_std),
+            name="out")(out)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: dense(d_ff), activation, dense(d_model)."""
+
+    cfg: TransformerConfig
+    out_init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        cfg = self.cfg
+        h = DenseGeneral(cfg.d_ff, kernel_axes=("embed", "mlp"), dtype=cfg.dtype,
+                         kernel_init=nn.initializers.normal(cfg.init_std), name="fc_in")(x)
+        h = activation_fn(cfg.activation)(h)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        return DenseGeneral(cfg.d_model, kernel_axes=("mlp", "embed"), dtype=cfg.dtype,
+                            kernel_init=nn.initializers.normal(self.out_init_std),
+                            name="fc_out")(h)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention + MLP with residuals; pre-LN (GPT-2) or post-LN (GPT, BERT, XLM, BART).
+
+    `residual_init_std` is the init std of the two projections that write into the residual
+    stream (GPT-2 scales it by 1/sqrt(2 * num_layers), paper §2.3).
+    """
+
+    cfg: TransformerConfig
+    pre_norm: bool
+    causal: bool
+    residual_init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
+        cfg = self.cfg
+        dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=deterministic)
+        norm = functools.partial(LayerNorm, eps=cfg.layer_norm_eps, dtype=cfg.dtype)
+        attention = MultiHeadAttention(cfg, out_init_std=self.residual_init_std, name="attention")
+        mlp = MLP(cfg, out_init_std=self.residual_init_std, name="mlp")
+        if self.pre_norm:
+            x = x + dropout(attention(norm(name="attention_norm")(x), mask,
+                                      deterministic=deterministic))
+            x = x + dropout(mlp(norm(name="mlp_norm")(x), deterministic=deterministic))
+        else:
+            x = norm(name="attention_norm")(x + dropout(attention(x, mask,
+                                                                   deterministic=deterministic)))
+            x = norm(name="mlp_norm")(x + dropout(mlp(x, deterministic=deterministic)))
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))

@@ -1,0 +1,1 @@
+"""Training: the loop, its state and steps, partitioning, optimizer, checkpoints, metrics."""

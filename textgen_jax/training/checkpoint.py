@@ -1,0 +1,105 @@
+"""Orbax checkpoints: params, optimizer state, step, resolved config and data-iterator state.
+
+Each checkpoint is a composite of items, so `textgen_jax.load` restores the params alone.
+Restoring always passes abstract arrays carrying the target shardings, so a checkpoint written
+on one topology restores on any other (256 chips -> one CPU and back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from textgen_jax import data as data_lib
+from textgen_jax.config import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+# The keys of config.model whose change makes old parameters unusable.
+SHAPE_KEYS = ("arch", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size")
+
+
+def manager(workdir: str, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                                 options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, config: ml_collections.ConfigDict,
+         data_iterator: grain.DatasetIterator | None, force: bool = False) -> bool:
+    """Starts an (async) save of everything needed to resume at `step`."""
+    items = dict(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state),
+        meta=ocp.args.JsonSave({"step": int(step)}),
+        config=ocp.args.JsonSave(config.to_dict()),
+    )
+    if data_iterator is not None:
+        items["data"] = data_lib.iterator_save_args(data_iterator)
+    return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
+            data_iterator: grain.DatasetIterator | None) -> Any:
+    """Restores params and optimizer state onto `abstract_state`'s shardings; resumes the
+    iterator in place. Returns (params, opt_state)."""
+    items = dict(params=ocp.args.StandardRestore(abstract_state.params),
+                 opt_state=ocp.args.StandardRestore(abstract_state.opt_state))
+    if data_iterator is not None:
+        items["data"] = data_lib.iterator_restore_args(data_iterator)
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    return restored["params"], restored["opt_state"]
+
+
+def restore_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+    """Only the params of the latest (or given) checkpoint in `workdir`, on the target shardings."""
+    mngr = manager(workdir)
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; "
+                                "train first (textgen-jax train --workdir ...).")
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))
+    mngr.close()
+    return restored["params"], step
+
+
+def read_config(workdir: str) -> dict[str, Any] | None:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes the resolved config atomically (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=list)
+    os.replace(tmp, path)
+
+
+def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Errors when the workdir's checkpoints are of another architecture or size."""
+    saved = read_config(workdir)
+    if saved is None or not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+        return
+    differences = [f"config.model.{key}: checkpoint {saved['model'].get(key)!r}, "
+                   f"now {config.model[key]!r}"
+                   for key in SHAPE_KEYS if saved["model"].get(key) != config.model[key]]
+    if differences:
+        raise ConfigError(
+            f"workdir {workdir} holds checkpoints of another model ("
+            + "; ".join(differences)
+            + "). Use a new --workdir, or the config the checkpoints were trained with.")

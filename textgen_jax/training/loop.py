@@ -1,0 +1,188 @@
+"""The one training loop: every architecture, objective and topology goes through here."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from textgen_jax import config as config_lib
+from textgen_jax import data as data_lib
+from textgen_jax import decoding, models, objectives
+from textgen_jax.training import checkpoint, metrics as metrics_lib, optimizer, partitioning, steps
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag that the loop reads between steps, so it can save first."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            return self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def resolve_vocab_size(config: ml_collections.ConfigDict, tokenizer_size: int) -> None:
+    if config.model.vocab_size == 0:
+        config.model.vocab_size = tokenizer_size
+    elif config.model.vocab_size < tokenizer_size:
+        raise config_lib.ConfigError(
+            f"config.model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer_size} pieces; set it to 0 (= the tokenizer's size) or larger.")
+
+
+def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
+             mesh) -> dict[str, float]:
+    """Loss, perplexity and accuracy over the first config.train.eval_batches batches of the
+    validation split (read in order, so every evaluation sees the same tokens)."""
+    dataset = data_lib.lm_dataset(config, tokenizer, config.data.eval_split,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count(), shuffle=False, repeat=True)
+    totals: dict[str, float] = {}
+    iterator = iter(dataset)
+    for _ in range(config.train.eval_batches):
+        sums = jax.device_get(eval_step(params, partitioning.global_batch(next(iterator), mesh)))
+        for name, value in sums.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    result = steps.means_from_sums(totals)
+    result["perplexity"] = math.exp(min(result["loss"], 50.0))
+    return result
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) in `workdir`; returns the final train and eval metrics."""
+    config_lib.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    checkpoint.check_compatible(workdir, config)
+    log = metrics_lib.log_info
+
+    # ---- mesh -------------------------------------------------------------------------
+    mesh = partitioning.make_mesh(config.mesh)
+    log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+        f"{jax.process_count()} process(es)")
+
+    # ---- tokenizer and input ------------------------------------------------------------
+    tokenizer = data_lib.load_or_train_tokenizer(workdir, config,
+                                                 process_index=jax.process_index(),
+                                                 process_count=jax.process_count())
+    resolve_vocab_size(config, tokenizer.vocab_size)
+    checkpoint.check_compatible(workdir, config)
+    partitioning.check_divisibility(config, mesh, config.model.vocab_size)
+    train_data = data_lib.lm_dataset(config, tokenizer, config.data.train_split,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(), shuffle=True, repeat=True)
+    train_iterator = iter(train_data)
+
+    # ---- model, optimizer, sharded state -------------------------------------------------
+    model = models.build_model(config.model, config.model.vocab_size)
+    loss_fn = objectives.loss_fn_for(config.model.arch)
+    num_steps = config.train.num_steps
+    schedule = optimizer.learning_rate_schedule(config.optim, num_steps)
+    tx = optimizer.make_optimizer(config.optim, num_steps)
+    _, abstract_state, shardings = steps.state_shardings(model, tx, config.data.seq_len, mesh)
+
+    # ---- checkpoint: resume from the latest, or start fresh --------------------------------
+    mngr = checkpoint.manager(workdir, config.train.keep_checkpoints,
+                              config.train.async_checkpointing)
+    start_step = mngr.latest_step()
+    if start_step is None:
+        state, _ = steps.create_state(model, tx, config.data.seq_len, mesh, config.seed)
+        start_step = 0
+    else:
+        params, opt_state = checkpoint.restore(mngr, start_step, abstract_state, train_iterator)
+        state = steps.TrainState(step=jax.device_put(np.int32(start_step), shardings.step),
+                                 params=params, opt_state=opt_state)
+        log(f"resumed from the checkpoint at step {start_step}")
+    checkpoint.write_config(workdir, config)
+    num_params = metrics_lib.count_params(state.params)
+    log(f"{config.model.arch}: {num_params:,} parameters, vocabulary {config.model.vocab_size}")
+
+    # ---- update and eval steps -----------------------------------------------------------
+    train_step = steps.jit_train_step(
+        steps.make_train_step(model, loss_fn, tx, schedule, config.optim.grad_accum_steps),
+        shardings, mesh)
+    eval_step = steps.jit_eval_step(steps.make_eval_step(model, loss_fn), shardings.params, mesh)
+    rng = jax.random.key(config.seed + 1)
+
+    # ---- observability --------------------------------------------------------------------
+    writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    tokens_per_step = config.data.global_batch_size * config.data.seq_len
+    flops_per_step = tokens_per_step * metrics_lib.flops_per_token(
+        config.model.num_layers, config.model.d_model, config.data.seq_len,
+        metrics_lib.count_params(state.params, exclude_embeddings=True))
+    peak_flops = metrics_lib.peak_flops_per_device(config.model.dtype) * jax.device_count()
+
+    last_saved = start_step
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        if step != last_saved:
+            checkpoint.save(mngr, step, state, config, train_iterator, force=True)
+            last_saved = step
+
+    # ---- the loop ---------------------------------------------------------------------------
+    preemption = _Preemption()
+    train_metrics: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+    step = start_step
+    last_log_time, last_log_step = time.perf_counter(), step
+    try:
+        with steps.activate(mesh):
+            while step < num_steps:
+                batch = partitioning.global_batch(next(train_iterator), mesh)
+                state, step_metrics = train_step(state, batch, rng)
+                step += 1
+                if step % config.train.log_every == 0 or step == num_steps:
+                    train_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                    elapsed = time.perf_counter() - last_log_time
+                    steps_done = step - last_log_step
+                    tokens_per_s = steps_done * tokens_per_step / elapsed
+                    train_metrics["tokens_per_s"] = tokens_per_s
+                    train_metrics["mfu"] = steps_done * flops_per_step / elapsed / peak_flops
+                    eta = elapsed / steps_done * (num_steps - step)
+                    log(metrics_lib.progress_line(step, num_steps, train_metrics, tokens_per_s,
+                                                  train_metrics["mfu"], eta))
+                    writer.write(step, train_metrics, "train")
+                    last_log_time, last_log_step = time.perf_counter(), step
+                if step % config.train.eval_every == 0 or step == num_steps:
+                    eval_metrics = evaluate(eval_step, state.params, config, tokenizer, mesh)
+                    log(f"eval at step {step}: loss {eval_metrics['loss']:.4f} | perplexity "
+                        f"{eval_metrics['perplexity']:.2f} | accuracy {eval_metrics['accuracy']:.3f}")
+                    writer.write(step, eval_metrics, "eval")
+                    last_log_time = time.perf_counter()
+                if step % config.train.checkpoint_every == 0 or step == num_steps:
+                    save(step)
+                if preemption.reached(step):
+                    log(f"SIGTERM: saving the checkpoint at step {step} before exit")
+                    save(step)
+                    break
+        mngr.wait_until_finished()
+    finally:
+        preemption.restore()
+        mngr.close()
+        writer.close()
+
+    if step == num_steps and jax.process_index() == 0 and config.sample.prompts:
+        samples = decoding.sample(model, state.params, tokenizer, list(config.sample.prompts),
+                                  max_new_tokens=config.sample.max_new_tokens,
+                                  temperature=config.sample.temperature,
+                                  top_k=config.sample.top_k, seed=config.seed)
+        for text in samples:
+            log(f"sample | {text}")
+    return {"train": train_metrics, "eval": eval_metrics, "step": step}

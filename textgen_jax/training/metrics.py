@@ -1,0 +1,107 @@
+"""Metrics: JSON lines and TensorBoard in the workdir, one progress line per log step, MFU."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense peak FLOP/s per chip for MFU, by device kind substring (bfloat16 / float32).
+_ACCELERATOR_PEAK_FLOPS = {
+    "H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
+    "L4": (121e12, 30e12), "V100": (125e12, 15.7e12),
+    "TPU v6": (918e12, 918e12), "TPU v5p": (459e12, 459e12), "TPU v5 lite": (197e12, 197e12),
+    "TPU v5e": (197e12, 197e12), "TPU v4": (275e12, 275e12), "TPU v3": (123e12, 123e12),
+}
+
+
+class MetricsWriter:
+    """Appends metrics to workdir/metrics.jsonl and TensorBoard events (process 0 only)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self._tensorboard = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, Any], split: str) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, "time": time.time()}
+        record.update({k: float(v) for k, v in metrics.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()  # a crash never loses what was logged
+        for name, value in metrics.items():
+            self._tensorboard.add_scalar(f"{split}/{name}", float(value), int(step))
+        self._tensorboard.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tensorboard.close()
+
+
+def flops_per_token(num_layers: int, d_model: int, seq_len: int, non_embedding_params: int) -> float:
+    """Training FLOPs per token: 6N + 12 L d T (Kaplan et al. 2020, with attention)."""
+    return 6 * non_embedding_params + 12 * num_layers * d_model * seq_len
+
+
+def _measured_matmul_flops(dtype: str, size: int = 1024, repeats: int = 5) -> float:
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x, y: jax.lax.dot(x, y, preferred_element_type=jnp.float32))
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def peak_flops_per_device(dtype: str) -> float:
+    """Peak FLOP/s of one local device: a table for accelerators, a measured matmul on CPU."""
+    device = jax.local_devices()[0]
+    if device.platform != "cpu":
+        for kind, (bf16, f32) in _ACCELERATOR_PEAK_FLOPS.items():
+            if kind.lower() in device.device_kind.lower():
+                return bf16 if dtype == "bfloat16" else f32
+    # CPU: the same framework's matmul in the same dtype (shared/BENCH.md); all simulated
+    # devices share the cores, so the host's figure is split among them.
+    return _measured_matmul_flops(dtype) / jax.local_device_count()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def progress_line(step: int, num_steps: int, metrics: dict[str, float], tokens_per_s: float,
+                  mfu: float, eta_s: float) -> str:
+    return (f"step {step:>6}/{num_steps} | loss {metrics['loss']:.4f} | "
+            f"lr {metrics.get('lr', float('nan')):.2e} | {tokens_per_s:,.0f} tok/s | "
+            f"MFU {100 * mfu:.1f}% | ETA {format_duration(eta_s)}")
+
+
+def log_info(message: str) -> None:
+    """Prints on process 0 only (one line per log step, not one per host)."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def count_params(params: Any, exclude_embeddings: bool = False) -> int:
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = [getattr(entry, "key", "") for entry in path]
+        if exclude_embeddings and "embedding" in names:
+            continue
+        total += int(np.prod(leaf.shape))
+    return total

@@ -1,0 +1,104 @@
+"""The mesh and the one list of rules from logical axis names to mesh axes.
+
+Parameters and activations are annotated with logical names in the models; these rules decide
+where each lands. The first rule whose mesh axes are still free wins (flax semantics), so for an
+activation ('batch', 'length', 'embed') 'batch' takes data+fsdp and 'embed' stays unsharded,
+while a parameter ('vocab', 'embed') is split over tensor and fsdp.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from textgen_jax.config import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("kv", None),
+    ("length", None),
+    ("layers", None),
+)
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
+    """Resolves the -1 entry of config.mesh against the device count."""
+    sizes = [mesh_config[axis] for axis in MESH_AXES]
+    given = f"data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}"
+    if sizes.count(-1) > 1:
+        raise ConfigError(f"config.mesh has more than one -1 ({given}); set all but one axis.")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(
+                f"config.mesh ({given}): {known} devices in the fixed axes do not divide the "
+                f"{num_devices} devices available; make their product divide {num_devices}.")
+        sizes[sizes.index(-1)] = num_devices // known
+    elif known != num_devices:
+        raise ConfigError(
+            f"config.mesh ({given}) has {known} devices but {num_devices} are available; make "
+            f"the product {num_devices} or set one axis to -1.")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(mesh_config, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def check_divisibility(config: ml_collections.ConfigDict, mesh: Mesh, vocab_size: int) -> None:
+    """Errors, before anything compiles, for sizes the mesh cannot split evenly."""
+    tensor, fsdp = mesh.shape["tensor"], mesh.shape["fsdp"]
+    data_parallel = mesh.shape["data"] * fsdp
+    m = config.model
+    for name, value in (("config.model.num_heads", m.num_heads), ("config.model.d_ff", m.d_ff),
+                        ("the vocabulary size", vocab_size)):
+        if value % tensor:
+            raise ConfigError(f"config.mesh.tensor={tensor} does not divide {name}={value}; "
+                              f"pick a tensor size that divides it.")
+    if m.d_model % fsdp:
+        raise ConfigError(f"config.mesh.fsdp={fsdp} does not divide config.model.d_model="
+                          f"{m.d_model}; pick an fsdp size that divides it.")
+    batch, accum = config.data.global_batch_size, config.optim.grad_accum_steps
+    if batch % (data_parallel * accum):
+        raise ConfigError(
+            f"config.data.global_batch_size={batch} does not split into "
+            f"config.optim.grad_accum_steps={accum} micro-batches across {data_parallel} "
+            f"data-parallel devices (mesh data={mesh.shape['data']} x fsdp={fsdp}); make it a "
+            f"multiple of {data_parallel * accum}.")
+    if batch % jax.process_count():
+        raise ConfigError(f"config.data.global_batch_size={batch} does not divide across "
+                          f"{jax.process_count()} processes.")
+
+
+def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a tree of nn.LogicallyPartitioned values (unannotated = replicated)."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches [batch, length] split over the data-parallel axes."""
+    spec = nn.logical_to_mesh_axes(("batch", "length"), LOGICAL_AXIS_RULES)
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded over the data-parallel axes."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v)
+            for k, v in local_batch.items()}

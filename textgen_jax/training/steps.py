@@ -1,0 +1,142 @@
+"""The train state and the jitted train and eval steps, shared by the loop and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from textgen_jax.training import partitioning
+
+LossFn = Callable[..., dict[str, jax.Array]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh):
+    """The mesh and the logical axis rules that tracing and sharding constraints read."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
+        yield
+
+
+def _example_inputs(seq_len: int) -> jax.Array:
+    return jnp.ones((1, seq_len), jnp.int32)
+
+
+def abstract_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: int):
+    """(init function, abstract boxed TrainState) for a model; no memory is allocated."""
+    def init(rng: jax.Array) -> TrainState:
+        params = model.init(rng, _example_inputs(seq_len))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params))
+    return init, jax.eval_shape(init, jax.random.key(0))
+
+
+def state_shardings(model: nn.Module, tx: optax.GradientTransformation, seq_len: int,
+                    mesh: Mesh) -> tuple[Callable, Any, Any]:
+    """(init, abstract unboxed state with shardings, shardings) under the logical rules."""
+    init, boxed = abstract_state(model, tx, seq_len)
+    shardings = partitioning.logical_shardings(boxed, mesh)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            nn.meta.unbox(boxed), shardings)
+    return init, abstract, shardings
+
+
+def create_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: int,
+                 mesh: Mesh, seed: int) -> tuple[TrainState, Any]:
+    """A freshly initialised, sharded TrainState and its shardings."""
+    init, _, shardings = state_shardings(model, tx, seq_len, mesh)
+    with activate(mesh):
+        state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+    return nn.meta.unbox(state), shardings
+
+
+def _split_micro_batches(batch: dict[str, jax.Array], accum_steps: int) -> dict[str, jax.Array]:
+    # Micro-batch i takes rows i, i + accum_steps, ...: each device keeps its own rows.
+    def split(x):
+        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+        return nn.with_logical_constraint(x, (None, "batch", "length"))
+    return jax.tree.map(split, batch)
+
+
+def means_from_sums(sums: dict[str, Any]) -> dict[str, Any]:
+    """Per-token means of an objective's sums ('correct' becomes 'accuracy'); keeps 'tokens'."""
+    tokens = sums["tokens"]
+    denominator = jnp.maximum(tokens, 1.0) if isinstance(tokens, jax.Array) else max(tokens, 1.0)
+    means = {("accuracy" if name == "correct" else name): value / denominator
+             for name, value in sums.items() if name != "tokens"}
+    means["tokens"] = tokens
+    return means
+
+
+def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule | None = None, accum_steps: int = 1):
+    """train_step(state, batch, rng) -> (state, metrics); batch arrays are [batch, length].
+
+    The gradient is that of the mean loss over every target token of the global batch, also
+    with gradient accumulation (sums are accumulated, then divided once).
+    """
+    def summed_loss(params, batch, rng):
+        sums = loss_fn(model, params, batch, rng, deterministic=False)
+        return sums["loss"], sums
+
+    grad_fn = jax.grad(summed_loss, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        if accum_steps == 1:
+            grads, sums = grad_fn(state.params, batch, rng)
+        else:
+            def accumulate(carry, inputs):
+                index, micro_batch = inputs
+                grads, sums = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
+                return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params,
+                                                                 jax.tree.map(lambda x: x[:1], batch), rng))
+            micro = _split_micro_batches(batch, accum_steps)
+            (grads, sums), _ = jax.lax.scan(accumulate, zeros,
+                                            (jnp.arange(accum_steps), micro))
+        tokens = jnp.maximum(sums["tokens"], 1.0)
+        grads = jax.tree.map(lambda g: g / tokens, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = means_from_sums(sums)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module, loss_fn: LossFn):
+    """eval_step(params, batch) -> summed metrics (deterministic: no dropout)."""
+    def eval_step(params, batch):
+        return loss_fn(model, params, batch, None, deterministic=True)
+    return eval_step
+
+
+def jit_train_step(train_step, shardings: Any, mesh: Mesh):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch = partitioning.batch_sharding(mesh)
+    return jax.jit(train_step, in_shardings=(shardings, batch, replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+
+def jit_eval_step(eval_step, param_shardings: Any, mesh: Mesh):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(eval_step, in_shardings=(param_shardings, partitioning.batch_sharding(mesh)),
+                   out_shardings=replicated)
