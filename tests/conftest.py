@@ -26,3 +26,70 @@ def stdlib_tokenizer(stdlib_data_dir: str, tmp_path_factory: pytest.TempPathFact
     config.tokenizer.vocab_size = 1000
     config.tokenizer.max_train_chars = 300_000
     return load_or_train_tokenizer(tmp_path_factory.mktemp("workdir"), config)
+
+
+# ---- running the real CLI in fresh processes -------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A GPT-2 small enough for a step in tens of milliseconds on 2 cores.
+TINY_OVERRIDES = (
+    "--config.model.num_layers=2", "--config.model.d_model=64", "--config.model.num_heads=4",
+    "--config.model.d_ff=128", "--config.model.max_len=64", "--config.data.seq_len=32",
+    "--config.data.global_batch_size=8", "--config.optim.warmup_steps=5",
+    "--config.train.eval_batches=2", "--config.sample.max_new_tokens=8",
+)
+
+
+def cli_env(num_devices: int = 1) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def cli_command(command: str, workdir: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "textgen_jax.cli", command, f"--workdir={workdir}", *flags]
+
+
+def read_metrics(workdir: Path, split: str = "train") -> dict[int, dict]:
+    """The last record per step of one split in workdir/metrics.jsonl."""
+    records = {}
+    with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if record["split"] == split:
+                records[record["step"]] = record
+    return records
+
+
+@pytest.fixture
+def tiny_run(stdlib_data_dir: str, stdlib_tokenizer: Tokenizer):
+    """run(workdir, *extra_flags, command='train', num_devices=1) -> CompletedProcess.
+
+    Trains the tiny GPT-2 on the prepared corpus through the real CLI in a fresh process;
+    the workdir starts with the session's tokenizer so no test retrains one.
+    """
+    def run(workdir: Path, *extra: str, command: str = "train", num_devices: int = 1,
+            check: bool = True) -> subprocess.CompletedProcess:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not (workdir / "tokenizer.model").exists():
+            stdlib_tokenizer.save(workdir / "tokenizer.model")
+        flags = (train_flags(stdlib_data_dir) if command == "train" else ()) + tuple(extra)
+        result = subprocess.run(cli_command(command, workdir, *flags), env=cli_env(num_devices),
+                                capture_output=True, text=True, timeout=600, cwd=REPO)
+        if check and result.returncode != 0:
+            raise AssertionError(f"textgen-jax {command} failed:\n{result.stderr[-4000:]}")
+        return result
+    return run
+
+
+def train_flags(data_dir: str) -> tuple[str, ...]:
+    return ("--config=configs/gpt2.py:tiny", f"--config.data.data_dir={data_dir}",
+            *TINY_OVERRIDES)

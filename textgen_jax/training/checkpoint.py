@@ -95,9 +95,11 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
     saved = read_config(workdir)
     if saved is None or not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
         return
+    # vocab_size 0 means "the tokenizer's size", known only once the tokenizer is loaded.
+    keys = [key for key in SHAPE_KEYS if not (key == "vocab_size" and config.model[key] == 0)]
     differences = [f"config.model.{key}: checkpoint {saved['model'].get(key)!r}, "
                    f"now {config.model[key]!r}"
-                   for key in SHAPE_KEYS if saved["model"].get(key) != config.model[key]]
+                   for key in keys if saved["model"].get(key) != config.model[key]]
     if differences:
         raise ConfigError(
             f"workdir {workdir} holds checkpoints of another model ("
