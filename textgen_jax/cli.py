@@ -31,6 +31,20 @@ def _usage_error(message: str) -> None:
     sys.exit(2)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as error:
+        # ml_collections raises these, not a flags.Error, for a --config.KEY naming no field;
+        # the innermost message reads "'lrr'\nDid you mean "lr" instead of "lrr"?".
+        while error.args and isinstance(error.args[0], BaseException):
+            error = error.args[0]
+        detail = str(error.args[0] if error.args else error).replace("\n", "; ")
+        _usage_error(f"unknown config key {detail} (--config.KEY must name a field of the "
+                     "config file; see textgen_jax/config.py)")
+        raise  # unreachable: _usage_error exits
+
+
 def _main(argv: list[str]) -> None:
     from textgen_jax.config import ConfigError
 
@@ -81,7 +95,7 @@ def _evaluate(workdir: str) -> None:
 def main() -> None:
     # Library INFO logs (Orbax, TFDS) would drown the one progress line per log step.
     logging.set_verbosity(logging.WARNING)
-    app.run(_main)
+    app.run(_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
