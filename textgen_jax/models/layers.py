@@ -58,39 +58,107 @@ def _dot(a: Array, b: Array, a_axes: Sequence[int], b_axes: Sequence[int]) -> Ar
         a, b, ((tuple(a_axes), tuple(b_axes)), ((), ())), preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul(x: Array, kernel: Array, contract: int) -> Array:
-    return _matmul_fwd(x, kernel, contract)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _matmul(x: Array, kernel: Array, contract: int, kernel_transposed: bool,
+            out_dtype: jnp.dtype) -> Array:
+    return _matmul_fwd(x, kernel, contract, kernel_transposed, out_dtype)[0]
 
 
-def _matmul_fwd(x, kernel, contract):
+def _kernel_axes(kernel: Array, contract: int, kernel_transposed: bool) -> tuple[range, range]:
+    """(contracted, free) axes of the kernel."""
+    if kernel_transposed:
+        return range(kernel.ndim - contract, kernel.ndim), range(kernel.ndim - contract)
+    return range(contract), range(contract, kernel.ndim)
+
+
+def _matmul_fwd(x, kernel, contract, kernel_transposed, out_dtype):
     kernel_dtype = jnp.zeros((), kernel.dtype)
     kernel = kernel.astype(x.dtype)
-    y = _dot(x, kernel, range(x.ndim - contract, x.ndim), range(contract))
-    return y.astype(x.dtype), (x, kernel, kernel_dtype)
+    contracted, _ = _kernel_axes(kernel, contract, kernel_transposed)
+    y = _dot(x, kernel, range(x.ndim - contract, x.ndim), contracted)
+    return y.astype(out_dtype), (x, kernel, kernel_dtype)
 
 
-def _matmul_bwd(contract, residuals, g):
+def _matmul_bwd(contract, kernel_transposed, out_dtype, residuals, g):
     # Both gradient matmuls take operands in the compute dtype and accumulate in float32, so
     # bfloat16 training stays on the fast path (AMX on CPU) for the backward pass too.
     x, kernel, kernel_dtype = residuals
     g = g.astype(x.dtype)
-    batch_ndim = x.ndim - contract
-    grad_x = _dot(g, kernel, range(batch_ndim, g.ndim), range(contract, kernel.ndim))
-    grad_kernel = _dot(x, g, range(batch_ndim), range(batch_ndim))
+    batch = range(x.ndim - contract)
+    _, free = _kernel_axes(kernel, contract, kernel_transposed)
+    grad_x = _dot(g, kernel, range(len(batch), g.ndim), free)
+    # The kernel's gradient is produced directly in the kernel's layout: a transpose after the
+    # matmul would leave XLA:CPU a bfloat16 dot it cannot run ("DotThunk: BF16 x BF16 = F32").
+    grad_kernel = _dot(g, x, batch, batch) if kernel_transposed else _dot(x, g, batch, batch)
     return grad_x.astype(x.dtype), grad_kernel.astype(kernel_dtype.dtype)
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def matmul(x: Array, kernel: Array, contract: int = 1) -> Array:
-    """Contracts the last `contract` axes of x with the first of kernel, in x's dtype.
+def matmul(x: Array, kernel: Array, contract: int = 1, kernel_transposed: bool = False,
+           out_dtype: jnp.dtype | None = None) -> Array:
+    """Contracts the last `contract` axes of x with the first (or, if `kernel_transposed`, the
+    last) `contract` axes of kernel, in x's dtype.
 
     Forward and backward matmuls take operands in x's dtype (the compute dtype) and accumulate
-    in float32; the kernel's gradient comes back in the kernel's own dtype (float32).
+    in float32; the result is cast to `out_dtype` (default x's dtype) and the kernel's gradient
+    comes back in the kernel's own dtype (float32).
     """
-    return _matmul(x, kernel, contract)
+    return _matmul(x, kernel, contract, kernel_transposed, jnp.dtype(out_dtype or x.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _einsum(spec: str, a: Array, b: Array, out_dtype: jnp.dtype) -> Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+def _einsum_fwd(spec, a, b, out_dtype):
+    return _einsum(spec, a, b, out_dtype), (a, b)
+
+
+def _einsum_bwd(spec, out_dtype, residuals, g):
+    a, b = residuals
+    inputs, out = spec.split("->")
+    a_spec, b_spec = inputs.split(",")
+    g = g.astype(a.dtype)
+    grad_a = jnp.einsum(f"{out},{b_spec}->{a_spec}", g, b, preferred_element_type=jnp.float32)
+    grad_b = jnp.einsum(f"{out},{a_spec}->{b_spec}", g, a, preferred_element_type=jnp.float32)
+    return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
+
+
+_einsum.defvjp(_einsum_fwd, _einsum_bwd)
+
+
+def einsum(spec: str, a: Array, b: Array, out_dtype: jnp.dtype | None = None) -> Array:
+    """jnp.einsum(spec, a, b) of two activations in the compute dtype, accumulated in float32
+    and cast to `out_dtype` (default a's dtype). Unlike JAX's own gradient of a float32-
+    accumulated einsum, the backward matmuls also take compute-dtype operands.
+    """
+    return _einsum(spec, a, b, jnp.dtype(out_dtype or a.dtype))
+
+
+@jax.custom_vjp
+def add_bias(y: Array, bias: Array) -> Array:
+    """y [..., *bias.shape] + bias, in y's dtype; bias's gradient comes back in its own dtype.
+
+    The gradient sums over the leading axes as a matmul with a vector of ones: XLA:CPU runs a
+    large reduction on one core, a matmul on all of them.
+    """
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+    return add_bias(y, bias), bias
+
+
+def _add_bias_bwd(bias, g):
+    batch = range(g.ndim - bias.ndim)
+    ones = jnp.ones(g.shape[:len(batch)], g.dtype)
+    return g, _dot(ones, g, batch, batch).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 class DenseGeneral(nn.Module):
@@ -116,7 +184,7 @@ class DenseGeneral(nn.Module):
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                      self.kernel_axes[self.in_axes:]),
                 features, jnp.float32)
-            y = y + bias.astype(self.dtype)
+            y = add_bias(y, bias)
         return y
 
 
@@ -160,11 +228,8 @@ class Embed(nn.Module):
 
     def attend(self, x: Array) -> Array:
         """x [..., features] -> float32 logits [..., num_embeddings] (tied output layer)."""
-        # JAX's own dot_general here: XLA:CPU cannot run the custom backward's bfloat16 kernel
-        # gradient for this transposed table ("DotThunk: BF16 x BF16 = F32").
-        return jax.lax.dot_general(
-            x.astype(self.dtype), self.embedding.astype(self.dtype),
-            (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        return matmul(x.astype(self.dtype), self.embedding, kernel_transposed=True,
+                      out_dtype=jnp.float32)
 
 
 def attention_mask(query_segments: Array, key_segments: Array, causal: bool) -> Array:
@@ -205,13 +270,15 @@ class MultiHeadAttention(nn.Module):
         key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
         value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
 
+        # Heads lead ([batch, heads, length, kv]) so that every matmul of the attention and of
+        # its gradient is one XLA:CPU runs in bfloat16 with float32 accumulation.
+        query, key, value = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))
         query = query / np.sqrt(cfg.head_dim).astype(cfg.dtype)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        scores = einsum("bhqd,bhkd->bhqk", query, key, out_dtype=jnp.float32)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
         probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, value,
-                         preferred_element_type=jnp.float32).astype(cfg.dtype)
+        out = jnp.swapaxes(einsum("bhqk,bhkd->bhqd", probs, value), 1, 2)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return DenseGeneral(
             features=cfg.d_model, in_axes=2, kernel_axes=("heads", "kv", "embed"),

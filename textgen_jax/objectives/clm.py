@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 
 def causal_lm_loss(logits: jax.Array, inputs: jax.Array,
@@ -16,12 +15,22 @@ def causal_lm_loss(logits: jax.Array, inputs: jax.Array,
     Returns sums (loss, correct predictions) and the number of target tokens, so that
     gradient accumulation and multi-device means weight every token equally.
     """
-    targets = inputs[:, 1:]
-    weights = ((segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0))
-    weights = weights.astype(jnp.float32)
-    logits = logits[:, :-1]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    correct = (logits.argmax(-1) == targets).astype(jnp.float32)
+    # The last position gets a dummy target and weight 0 rather than slicing the logits, which
+    # would copy them (and pad their gradient) once more.
+    targets = jnp.pad(inputs[:, 1:], ((0, 0), (0, 1)))
+    next_segments = jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
+    weights = ((next_segments == segment_ids) & (next_segments > 0)).astype(jnp.float32)
+    # Cross-entropy as in optax.softmax_cross_entropy_with_integer_labels, with the target logit
+    # picked by a one-hot mask: its gradient is then elementwise instead of a scatter.
+    vocab_ids = jnp.arange(logits.shape[-1])
+    is_target = vocab_ids == targets[..., None]
+    target_logits = jnp.where(is_target, logits, 0.0).sum(-1)
+    losses = jax.nn.logsumexp(logits, axis=-1) - target_logits
+    # argmax == target, without XLA:CPU's slow variadic argmax reduction: the first class that
+    # holds the maximum logit is the target.
+    max_logits = logits.max(-1, keepdims=True)
+    predictions = jnp.where(logits == max_logits, vocab_ids, logits.shape[-1]).min(-1)
+    correct = (predictions == targets).astype(jnp.float32)
     return {"loss": (losses * weights).sum(), "correct": (correct * weights).sum(),
             "tokens": weights.sum()}
 
