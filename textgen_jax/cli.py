@@ -66,8 +66,11 @@ def _main(argv: list[str]) -> None:
             if not FLAGS.prompt:
                 _usage_error('generate needs --prompt "..."')
             loaded = textgen_jax.load(FLAGS.workdir)
-            for text in textgen_jax.generate(loaded, FLAGS.prompt, FLAGS.max_new_tokens,
-                                             FLAGS.temperature, FLAGS.top_k, FLAGS.seed):
+            texts = textgen_jax.generate(loaded, FLAGS.prompt, FLAGS.max_new_tokens,
+                                         FLAGS.temperature, FLAGS.top_k, FLAGS.seed)
+            for index, text in enumerate(texts):
+                if len(texts) > 1:  # samples hold newlines: mark where each one starts
+                    print(f"--- sample {index + 1} of {len(texts)} ---")
                 print(text)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"textgen-jax {command}: error: {error}", file=sys.stderr)

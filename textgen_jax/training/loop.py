@@ -136,6 +136,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpoint.save(mngr, step, state, config, train_iterator, force=True)
             last_saved = step
 
+    def run_eval(step: int) -> dict[str, float]:
+        result = evaluate(eval_step, state.params, config, tokenizer, mesh)
+        log(f"eval at step {step}: loss {result['loss']:.4f} | perplexity "
+            f"{result['perplexity']:.2f} | accuracy {result['accuracy']:.3f}")
+        writer.write(step, result, "eval")
+        return result
+
     # ---- the loop ---------------------------------------------------------------------------
     preemption = _Preemption()
     train_metrics: dict[str, float] = {}
@@ -144,6 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_log_time, last_log_step = time.perf_counter(), step
     try:
         with steps.activate(mesh):
+            if step == 0:  # the starting point of the validation curve
+                run_eval(0)
             while step < num_steps:
                 batch = partitioning.global_batch(next(train_iterator), mesh)
                 state, step_metrics = train_step(state, batch, rng)
@@ -161,10 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     writer.write(step, train_metrics, "train")
                     last_log_time, last_log_step = time.perf_counter(), step
                 if step % config.train.eval_every == 0 or step == num_steps:
-                    eval_metrics = evaluate(eval_step, state.params, config, tokenizer, mesh)
-                    log(f"eval at step {step}: loss {eval_metrics['loss']:.4f} | perplexity "
-                        f"{eval_metrics['perplexity']:.2f} | accuracy {eval_metrics['accuracy']:.3f}")
-                    writer.write(step, eval_metrics, "eval")
+                    eval_metrics = run_eval(step)
                     last_log_time = time.perf_counter()
                 if step % config.train.checkpoint_every == 0 or step == num_steps:
                     save(step)
