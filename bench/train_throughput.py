@@ -101,7 +101,6 @@ def jax_matmul_gflops(dtype: str) -> dict:
 
 def jax_train(name: str, case: dict, dtype: str, steps: int, matmul_gflops: float) -> dict:
     import jax
-    import jax.numpy as jnp
 
     from textgen_jax import config as config_lib
     from textgen_jax.models import build_model

@@ -7,9 +7,7 @@ import signal
 import subprocess
 import time
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import textgen_jax

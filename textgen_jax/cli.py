@@ -89,7 +89,7 @@ def _evaluate(workdir: str) -> None:
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     mesh = partitioning.make_mesh(config.mesh)
     eval_step = jax.jit(steps.make_eval_step(loaded.model,
-                                             objectives.loss_fn_for(config.model.arch)))
+                                             objectives.objective_for(config).loss_fn))
     with steps.activate(mesh):
         result = loop.evaluate(eval_step, loaded.params, config, loaded.tokenizer, mesh)
     print(" | ".join(f"{name} {value:.4f}" for name, value in result.items()))

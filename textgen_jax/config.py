@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every architecture; presets override what differs."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.objective = ""  # '' = the architecture's own (gpt2: clm)
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "gpt2"

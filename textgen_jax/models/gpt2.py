@@ -16,6 +16,10 @@ class GPT2(nn.Module):
 
     cfg: TransformerConfig
 
+    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
+        """Arguments of a minimal call, for `init` (shapes only matter)."""
+        return (jnp.ones((1, seq_len), jnp.int32),)
+
     @nn.compact
     def __call__(self, inputs: jax.Array, segment_ids: jax.Array | None = None,
                  positions: jax.Array | None = None, deterministic: bool = True) -> jax.Array:

@@ -1,15 +1,40 @@
-"""Objectives: pure functions (model, params, batch, rng, deterministic) -> summed metrics.
+"""Objectives: a pure loss function paired with the data pipeline that feeds it.
 
-Every objective returns a dict of sums with at least 'loss' and 'tokens'; the loop divides.
+A loss function maps (model, params, batch, rng, deterministic) to a dict of sums with at least
+'loss' and 'tokens'; the loop divides. The loop reaches data and loss only through the
+`Objective` that `objective_for(config)` picks, so it never branches on the architecture.
 """
 
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import ml_collections
+
+from textgen_jax import data
+from textgen_jax.config import ConfigError
 from textgen_jax.objectives.clm import causal_lm_loss, clm_loss_fn
 
-OBJECTIVES = {"gpt2": clm_loss_fn}
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    loss_fn: Callable  # (model, params, batch, rng, deterministic) -> dict of sums
+    dataset: Callable  # (config, tokenizer, split, *, process_index, process_count, shuffle, repeat)
 
 
-def loss_fn_for(arch: str):
-    return OBJECTIVES[arch]
+OBJECTIVES = {"clm": Objective("clm", clm_loss_fn, data.lm_dataset)}
+DEFAULT_OBJECTIVE = {"gpt2": "clm"}
 
 
-__all__ = ["causal_lm_loss", "clm_loss_fn", "loss_fn_for"]
+def objective_for(config: ml_collections.ConfigDict) -> Objective:
+    """config.objective, or the architecture's own objective when it is ''."""
+    name = config.objective or DEFAULT_OBJECTIVE.get(config.model.arch, "")
+    if name not in OBJECTIVES:
+        raise ConfigError(f"config.objective={name!r} (architecture {config.model.arch!r}) is "
+                          f"not one of {sorted(OBJECTIVES)}.")
+    return OBJECTIVES[name]
+
+
+__all__ = ["Objective", "causal_lm_loss", "clm_loss_fn", "objective_for"]

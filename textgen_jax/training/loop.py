@@ -51,8 +51,8 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
              mesh) -> dict[str, float]:
     """Loss, perplexity and accuracy over the first config.train.eval_batches batches of the
     validation split (read in order, so every evaluation sees the same tokens)."""
-    dataset = data_lib.lm_dataset(config, tokenizer, config.data.eval_split,
-                                  process_index=jax.process_index(),
+    dataset = objectives.objective_for(config).dataset(
+        config, tokenizer, config.data.eval_split, process_index=jax.process_index(),
                                   process_count=jax.process_count(), shuffle=False, repeat=True)
     totals: dict[str, float] = {}
     iterator = iter(dataset)
@@ -84,14 +84,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     resolve_vocab_size(config, tokenizer.vocab_size)
     checkpoint.check_compatible(workdir, config)
     partitioning.check_divisibility(config, mesh, config.model.vocab_size)
-    train_data = data_lib.lm_dataset(config, tokenizer, config.data.train_split,
-                                     process_index=jax.process_index(),
+    objective = objectives.objective_for(config)
+    train_data = objective.dataset(config, tokenizer, config.data.train_split,
+                                   process_index=jax.process_index(),
                                      process_count=jax.process_count(), shuffle=True, repeat=True)
     train_iterator = iter(train_data)
 
     # ---- model, optimizer, sharded state -------------------------------------------------
     model = models.build_model(config.model, config.model.vocab_size)
-    loss_fn = objectives.loss_fn_for(config.model.arch)
+    loss_fn = objective.loss_fn
     num_steps = config.train.num_steps
     schedule = optimizer.learning_rate_schedule(config.optim, num_steps)
     tx = optimizer.make_optimizer(config.optim, num_steps)

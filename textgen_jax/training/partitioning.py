@@ -92,8 +92,9 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches [batch, length] split over the data-parallel axes."""
-    spec = nn.logical_to_mesh_axes(("batch", "length"), LOGICAL_AXIS_RULES)
+    """Batch arrays [batch, ...] split on their first axis over the data-parallel axes (any
+    rank: token rows [batch, length] as well as per-example labels [batch])."""
+    spec = nn.logical_to_mesh_axes(("batch",), LOGICAL_AXIS_RULES)
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
