@@ -44,7 +44,7 @@ class GPT2(nn.Module):
         # GPT-2 §2.3: residual projections scaled by 1/sqrt(N), N = 2 residual layers per block.
         residual_init_std = cfg.init_std / np.sqrt(2 * cfg.num_layers)
         for i in range(cfg.num_layers):
-            x = TransformerBlock(cfg, pre_norm=True, causal=True,
+            x = TransformerBlock(cfg, pre_norm=True,
                                  residual_init_std=residual_init_std,
                                  name=f"block_{i}")(x, mask, deterministic=deterministic)
         x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="final_norm")(x)

@@ -313,7 +313,6 @@ class TransformerBlock(nn.Module):
 
     cfg: TransformerConfig
     pre_norm: bool
-    causal: bool
     residual_init_std: float = 0.02
 
     @nn.compact
