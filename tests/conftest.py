@@ -44,6 +44,7 @@ TINY_OVERRIDES = (
     "--config.model.d_ff=128", "--config.model.max_len=64", "--config.data.seq_len=32",
     "--config.data.global_batch_size=8", "--config.optim.warmup_steps=5",
     "--config.train.eval_batches=2", "--config.sample.max_new_tokens=8",
+    "--config.model.dtype=float32",  # exactness checks (1 vs 8 devices) are float32 claims
 )
 
 
@@ -71,17 +72,19 @@ def read_metrics(workdir: Path, split: str = "train") -> dict[int, dict]:
 
 @pytest.fixture
 def tiny_run(stdlib_data_dir: str, stdlib_tokenizer: Tokenizer):
-    """run(workdir, *extra_flags, command='train', num_devices=1) -> CompletedProcess.
+    """run(workdir, *extra_flags, command='train', num_devices=1, config=...) -> CompletedProcess.
 
-    Trains the tiny GPT-2 on the prepared corpus through the real CLI in a fresh process;
-    the workdir starts with the session's tokenizer so no test retrains one.
+    Trains the tiny preset of `config` (GPT-2 by default) on the prepared corpus through the
+    real CLI in a fresh process; the workdir starts with the session's tokenizer so no test
+    retrains one.
     """
     def run(workdir: Path, *extra: str, command: str = "train", num_devices: int = 1,
-            check: bool = True) -> subprocess.CompletedProcess:
+            check: bool = True, config: str = "configs/gpt2.py:tiny"
+            ) -> subprocess.CompletedProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         if not (workdir / "tokenizer.model").exists():
             stdlib_tokenizer.save(workdir / "tokenizer.model")
-        flags = (train_flags(stdlib_data_dir) if command == "train" else ()) + tuple(extra)
+        flags = (train_flags(stdlib_data_dir, config) if command == "train" else ()) + tuple(extra)
         result = subprocess.run(cli_command(command, workdir, *flags), env=cli_env(num_devices),
                                 capture_output=True, text=True, timeout=600, cwd=REPO)
         if check and result.returncode != 0:
@@ -90,6 +93,6 @@ def tiny_run(stdlib_data_dir: str, stdlib_tokenizer: Tokenizer):
     return run
 
 
-def train_flags(data_dir: str) -> tuple[str, ...]:
-    return ("--config=configs/gpt2.py:tiny", f"--config.data.data_dir={data_dir}",
+def train_flags(data_dir: str, config: str = "configs/gpt2.py:tiny") -> tuple[str, ...]:
+    return (f"--config={config}", f"--config.data.data_dir={data_dir}",
             *TINY_OVERRIDES)
