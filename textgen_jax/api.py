@@ -49,6 +49,9 @@ def generate(workdir_or_loaded: str | Loaded, prompts: list[str], max_new_tokens
     """Samples continuations of `prompts` from a workdir (or a `load` result)."""
     loaded = (load(workdir_or_loaded) if isinstance(workdir_or_loaded, str)
               else workdir_or_loaded)
+    if not getattr(loaded.model, "can_generate", True):
+        raise ValueError(f"config.model.arch={loaded.config.model.arch!r} is an encoder and "
+                         "does not generate text; train a gpt, gpt2 or bart model to generate.")
     return decoding.sample(loaded.model, loaded.params, loaded.tokenizer, prompts,
                            max_new_tokens=max_new_tokens, temperature=temperature,
                            top_k=top_k, seed=seed)

@@ -32,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attention_dropout = 0.0
     c.model.layer_norm_eps = 1e-5
     c.model.init_std = 0.02
+    c.model.activation = "gelu_tanh"  # gelu_tanh (GPT, GPT-2) | gelu (exact erf: BERT, XLM, BART)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
     c.data = ml_collections.ConfigDict()

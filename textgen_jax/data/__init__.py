@@ -1,7 +1,9 @@
 """Data: the embedded corpus, local text files, tokenizers and grain pipelines."""
 
 from textgen_jax.data.corpus import StdlibDocstrings, prepared_stdlib_docstrings
+from textgen_jax.data.noising import NoiseConfig, add_noise
 from textgen_jax.data.pipeline import (
+    bert_pretraining_dataset,
     local_batch_size,
     iterator_restore_args,
     iterator_save_args,
@@ -16,10 +18,13 @@ from textgen_jax.data.tokenizer import (
 )
 
 __all__ = [
+    "NoiseConfig",
+    "add_noise",
     "StdlibDocstrings",
     "TextFiles",
     "TextFilesError",
     "Tokenizer",
+    "bert_pretraining_dataset",
     "example_text",
     "iterator_restore_args",
     "iterator_save_args",

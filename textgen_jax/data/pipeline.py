@@ -14,12 +14,14 @@ process.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
 
+from textgen_jax.data.masking import mask_tokens, special_ids
 from textgen_jax.data.sources import example_text, open_source
 from textgen_jax.data.tokenizer import Tokenizer
 
@@ -106,6 +108,127 @@ def lm_dataset(
     rows = grain.experimental.ConcatThenSplitIterDataset(
         rows, length_struct={"inputs": config.data.seq_len})
     return rows.map(_rename_packed).batch(batch_size, drop_remainder=True)
+
+
+def split_sentences(text: str) -> list[str]:
+    """A document's sentences, simply: pieces between newlines and after '. ' (BERT's segments
+    are spans of whole sentences, §A.2)."""
+    return [s.strip() for s in re.split(r"\n+|(?<=\.) +", text) if s.strip()]
+
+
+class _SentencePairs:
+    """(index, document number) -> one BERT pretraining row (§3.1, appendix A.1/A.2).
+
+    Segment A is a run of sentences from a random place in the document; with probability 1/2
+    segment B is the text that follows it (NSP label 0), otherwise a run of sentences from
+    another document (label 1). The pair is truncated to fit `[CLS] A [SEP] B [SEP]` in
+    seq_len by dropping tokens from the longer segment, at its front or back at random, as the
+    reference's truncate_seq_pair does; then 15% of the tokens are masked (80/10/10).
+    Everything random comes from a generator seeded by (seed, index); with `repeat` the index
+    runs on over epochs, so each epoch draws new pairs and masks.
+    """
+
+    def __init__(self, source, tokenizer: Tokenizer, text_key: str, seq_len: int, seed: int):
+        self._source = source
+        self._tokenizer = tokenizer
+        self._text_key = text_key
+        self._seq_len = seq_len
+        self._seed = seed
+
+    def _run_of_sentences(self, document: int, rng: np.random.Generator,
+                          max_tokens: int) -> list[list[int]]:
+        """Tokenized sentences from a random start until max_tokens are reached (at least one)."""
+        sentences = split_sentences(example_text(self._source[document], self._text_key)) or [""]
+        start = int(rng.integers(len(sentences)))
+        run, count = [], 0
+        for sentence in sentences[start:]:
+            ids = self._tokenizer.encode(sentence)
+            run.append(ids)
+            count += len(ids)
+            if count >= max_tokens:
+                break
+        return run
+
+    def __call__(self, index: int, document: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self._seed, index])
+        tok = self._tokenizer
+        max_tokens = self._seq_len - 3  # [CLS], [SEP], [SEP]
+        run = self._run_of_sentences(document, rng, max_tokens)
+        is_random_next = bool(rng.random() < 0.5)
+        if len(run) == 1:  # one sentence: A and a true B are its two halves
+            ids = run[0]
+            cut = int(rng.integers(1, len(ids))) if len(ids) > 1 else len(ids)
+            run = [ids[:cut], ids[cut:]]
+        a_end = int(rng.integers(1, len(run))) if len(run) > 1 else 1
+        segment_a = [t for sentence in run[:a_end] for t in sentence]
+        if is_random_next:
+            other = int(rng.integers(len(self._source) - 1))
+            other += other >= document  # any document but this one
+            segment_b = [t for sentence in self._run_of_sentences(
+                other, rng, max_tokens - len(segment_a)) for t in sentence]
+        else:
+            segment_b = [t for sentence in run[a_end:] for t in sentence]
+        while len(segment_a) + len(segment_b) > max_tokens:
+            longer = segment_a if len(segment_a) > len(segment_b) else segment_b
+            del longer[0 if rng.random() < 0.5 else -1]
+
+        ids = [tok.cls_id, *segment_a, tok.sep_id, *segment_b, tok.sep_id]
+        length = len(ids)
+        padding = self._seq_len - length
+        row = np.asarray(ids + [tok.pad_id] * padding, np.int32)
+        token_types = np.asarray([0] * (len(segment_a) + 2) + [1] * (len(segment_b) + 1)
+                                 + [0] * padding, np.int32)
+        inputs, mlm_labels = mask_tokens(row, rng, tok.mask_id, tok.vocab_size, special_ids(tok))
+        return {
+            "inputs": inputs,
+            "token_types": token_types,
+            "positions": np.where(np.arange(self._seq_len) < length,
+                                  np.arange(self._seq_len), 0).astype(np.int32),
+            "attention_ids": (np.arange(self._seq_len) < length).astype(np.int32),
+            "mlm_labels": mlm_labels,
+            "nsp_labels": np.int32(is_random_next),
+        }
+
+
+def bert_pretraining_dataset(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    split: str,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+    repeat: bool = True,
+) -> grain.IterDataset:
+    """BERT masked-LM + next-sentence batches of `split` for one process (see _SentencePairs).
+
+    One row per document per epoch; processes read disjoint shards of documents as in
+    `lm_dataset` (a random segment B comes from the process's own shard). The dataset is a
+    grain MapDataset up to batching, so the iterator is checkpointable and the rows are
+    determined by the config's seeds and the position in the stream.
+
+    Returns:
+      An IterDataset of dicts, int32: 'inputs' (masked ids), 'token_types' (0 = [CLS] A [SEP],
+      1 = B [SEP]), 'positions', 'attention_ids' (1 real, 0 padding), 'mlm_labels' (original
+      id where a token is predicted, -1 elsewhere), all [local_batch, seq_len]; 'nsp_labels'
+      [local_batch] (0 = B follows A, 1 = B is random).
+    """
+    batch_size = local_batch_size(config.data, process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
+    source = grain.MapDataset.source(open_source(config.data, split))[process_index::process_count]
+    if len(source) < 2:
+        raise ValueError(f"Split {split!r} leaves {len(source)} documents to process "
+                         f"{process_index} of {process_count}; next-sentence prediction needs "
+                         "at least 2 per process. Use a larger split.")
+    documents = grain.MapDataset.range(len(source))
+    if shuffle:
+        documents = documents.shuffle(seed=shuffle_seed(config))
+    if repeat:
+        documents = documents.repeat()
+    rows = documents.map_with_index(_SentencePairs(
+        source, tokenizer, config.data.text_key, config.data.seq_len, shuffle_seed(config)))
+    return rows.to_iter_dataset().batch(batch_size, drop_remainder=True)
 
 
 def iterator_save_args(iterator: grain.DatasetIterator) -> grain.checkpoint.CheckpointSave:

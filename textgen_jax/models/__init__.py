@@ -5,10 +5,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from textgen_jax.models.bert import Bert
+from textgen_jax.models.gpt import GPT
 from textgen_jax.models.gpt2 import GPT2
 from textgen_jax.models.layers import TransformerConfig
 
-ARCHITECTURES = {"gpt2": GPT2}
+ARCHITECTURES = {"gpt2": GPT2, "gpt": GPT, "bert": Bert}
 
 
 def transformer_config(model_config: ml_collections.ConfigDict,
@@ -25,6 +27,7 @@ def transformer_config(model_config: ml_collections.ConfigDict,
         layer_norm_eps=model_config.layer_norm_eps,
         init_std=model_config.init_std,
         dtype=jnp.dtype(model_config.dtype),
+        activation=model_config.activation,
     )
 
 

@@ -15,6 +15,7 @@ import ml_collections
 from textgen_jax import data
 from textgen_jax.config import ConfigError
 from textgen_jax.objectives.clm import causal_lm_loss, clm_loss_fn
+from textgen_jax.objectives.mlm import mlm_nsp_loss_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Objective:
 
 OBJECTIVES = {"clm": Objective("clm", clm_loss_fn, data.lm_dataset)}
 DEFAULT_OBJECTIVE = {"gpt2": "clm"}
+DEFAULT_OBJECTIVE["gpt"] = "clm"
+OBJECTIVES["mlm_nsp"] = Objective("mlm_nsp", mlm_nsp_loss_fn, data.bert_pretraining_dataset)
+DEFAULT_OBJECTIVE["bert"] = "mlm_nsp"
 
 
 def objective_for(config: ml_collections.ConfigDict) -> Objective:
@@ -37,4 +41,4 @@ def objective_for(config: ml_collections.ConfigDict) -> Objective:
     return OBJECTIVES[name]
 
 
-__all__ = ["Objective", "causal_lm_loss", "clm_loss_fn", "objective_for"]
+__all__ = ["Objective", "causal_lm_loss", "clm_loss_fn", "mlm_nsp_loss_fn", "objective_for"]

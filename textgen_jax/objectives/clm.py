@@ -20,6 +20,16 @@ def causal_lm_loss(logits: jax.Array, inputs: jax.Array,
     targets = jnp.pad(inputs[:, 1:], ((0, 0), (0, 1)))
     next_segments = jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
     weights = ((next_segments == segment_ids) & (next_segments > 0)).astype(jnp.float32)
+    return cross_entropy_sums(logits, targets, weights)
+
+
+def cross_entropy_sums(logits: jax.Array, targets: jax.Array,
+                       weights: jax.Array) -> dict[str, jax.Array]:
+    """Weighted sums of token cross-entropy and of correct argmax predictions.
+
+    logits [..., vocab] float32, targets [...] int (any value where the weight is 0), weights
+    [...] float32. Returns {'loss', 'correct', 'tokens' (the sum of the weights)}.
+    """
     # Cross-entropy as in optax.softmax_cross_entropy_with_integer_labels, with the target logit
     # picked by a one-hot mask: its gradient is then elementwise instead of a scatter.
     vocab_ids = jnp.arange(logits.shape[-1])

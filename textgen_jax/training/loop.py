@@ -185,7 +185,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         mngr.close()
         writer.close()
 
-    if step == num_steps and jax.process_index() == 0 and config.sample.prompts:
+    # Encoders (BERT) set can_generate = False: they have no next-token head to sample from.
+    can_generate = getattr(model, "can_generate", True)
+    if step == num_steps and jax.process_index() == 0 and config.sample.prompts and can_generate:
         samples = decoding.sample(model, state.params, tokenizer, list(config.sample.prompts),
                                   max_new_tokens=config.sample.max_new_tokens,
                                   temperature=config.sample.temperature,

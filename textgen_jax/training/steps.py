@@ -63,17 +63,29 @@ def _split_micro_batches(batch: dict[str, jax.Array], accum_steps: int) -> dict[
     # Micro-batch i takes rows i, i + accum_steps, ...: each device keeps its own rows.
     def split(x):
         x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
-        return nn.with_logical_constraint(x, (None, "batch", "length"))
+        return nn.with_logical_constraint(x, (None, "batch", "length")[:x.ndim])
     return jax.tree.map(split, batch)
 
 
 def means_from_sums(sums: dict[str, Any]) -> dict[str, Any]:
-    """Per-token means of an objective's sums ('correct' becomes 'accuracy'); keeps 'tokens'."""
-    tokens = sums["tokens"]
-    denominator = jnp.maximum(tokens, 1.0) if isinstance(tokens, jax.Array) else max(tokens, 1.0)
-    means = {("accuracy" if name == "correct" else name): value / denominator
-             for name, value in sums.items() if name != "tokens"}
-    means["tokens"] = tokens
+    """Per-token means of an objective's sums ('correct' becomes 'accuracy'); keeps 'tokens'.
+
+    A sum 'x_...' with an 'x_examples' count beside it is a mean over those examples instead
+    ('x_correct' becomes 'x_accuracy'), e.g. BERT's next-sentence prediction.
+    """
+    def mean(value, count):
+        return value / (jnp.maximum(count, 1.0) if isinstance(count, jax.Array)
+                        else max(count, 1.0))
+
+    means = {}
+    for name, value in sums.items():
+        prefix = name.split("_")[0]
+        if name == "tokens" or name == f"{prefix}_examples":
+            means[name] = value
+        elif f"{prefix}_examples" in sums:
+            means[name.replace("_correct", "_accuracy")] = mean(value, sums[f"{prefix}_examples"])
+        else:
+            means["accuracy" if name == "correct" else name] = mean(value, sums["tokens"])
     return means
 
 

@@ -1,0 +1,230 @@
+"""BERT: exact against Hugging Face's BertForPreTraining, bidirectional, padding-safe."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from textgen_jax.models.bert import Bert
+from textgen_jax.models.layers import TransformerConfig
+from textgen_jax.training import partitioning
+
+
+def _init_shapes(model: Bert) -> dict:
+    return nn.meta.unbox(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), *model.example_inputs(8))["params"]))
+
+
+def _hf_params(hf_model, num_layers: int, num_heads: int) -> dict:
+    """Hugging Face BERT weights (torch Linear weights are [out, in]) in our layout."""
+    state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+    d_model = state["bert.embeddings.word_embeddings.weight"].shape[1]
+    head_dim = d_model // num_heads
+
+    def dense(prefix: str, in_shape: tuple, out_shape: tuple) -> dict:
+        return {"kernel": state[f"{prefix}.weight"].T.reshape(*in_shape, *out_shape),
+                "bias": state[f"{prefix}.bias"].reshape(out_shape)}
+
+    def norm(prefix: str) -> dict:
+        return {"scale": state[f"{prefix}.weight"], "bias": state[f"{prefix}.bias"]}
+
+    embeddings = "bert.embeddings"
+    params = {
+        "token_embed": {"embedding": state[f"{embeddings}.word_embeddings.weight"]},
+        "position_embed": {"embedding": state[f"{embeddings}.position_embeddings.weight"]},
+        "token_type_embed": {"embedding": state[f"{embeddings}.token_type_embeddings.weight"]},
+        "embed_norm": norm(f"{embeddings}.LayerNorm"),
+        "pooler": dense("bert.pooler.dense", (d_model,), (d_model,)),
+        "nsp": dense("cls.seq_relationship", (d_model,), (2,)),
+        "mlm": {"transform": dense("cls.predictions.transform.dense", (d_model,), (d_model,)),
+                "transform_norm": norm("cls.predictions.transform.LayerNorm"),
+                "output_bias": state["cls.predictions.bias"]},
+    }
+    for i in range(num_layers):
+        p = f"bert.encoder.layer.{i}"
+        attention = {name: dense(f"{p}.attention.self.{name}", (d_model,), (num_heads, head_dim))
+                     for name in ("query", "key", "value")}
+        attention["out"] = dense(f"{p}.attention.output.dense", (num_heads, head_dim), (d_model,))
+        params[f"block_{i}"] = {
+            "attention": attention,
+            "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
+            "mlp": {"fc_in": dense(f"{p}.intermediate.dense", (d_model,), (-1,)),
+                    "fc_out": dense(f"{p}.output.dense", (-1,), (d_model,))},
+            "mlp_norm": norm(f"{p}.output.LayerNorm"),
+        }
+    return params
+
+
+@pytest.mark.parametrize("num_layers,d_model,num_heads,d_ff,max_len,vocab", [
+    (2, 64, 4, 128, 48, 101),
+    (3, 60, 5, 100, 37, 97),  # odd head count, max positions not a power of two
+])
+def test_logits_match_transformers_bert_for_pretraining(num_layers, d_model, num_heads, d_ff,
+                                                        max_len, vocab):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.BertConfig(
+        vocab_size=vocab, hidden_size=d_model, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=d_ff, max_position_embeddings=max_len,
+        type_vocab_size=2, hidden_act="gelu", hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12)
+    torch.manual_seed(0)
+    hf_model = transformers.BertForPreTraining(hf_config).eval()
+    # HF initialises biases to 0 and LayerNorms to 1, where a mapping mistake would hide:
+    # randomise every tensor, with weights large enough for sharp, input-dependent attention.
+    with torch.no_grad():
+        for name, tensor in hf_model.named_parameters():
+            if "LayerNorm" in name and name.endswith("weight"):
+                tensor.copy_(1.0 + 0.2 * torch.randn_like(tensor))
+            elif name.endswith("bias"):
+                tensor.copy_(0.1 * torch.randn_like(tensor))
+            elif "embeddings" in name:
+                tensor.copy_(0.5 * torch.randn_like(tensor))
+            else:
+                tensor.copy_(0.15 * torch.randn_like(tensor))
+    rng = np.random.default_rng(0)
+    length = max_len
+    inputs = rng.integers(0, vocab, size=(3, length)).astype(np.int32)
+    token_types = np.zeros_like(inputs)
+    token_types[:, length // 3:] = 1
+    attention = np.ones_like(inputs)
+    attention[1, -7:] = 0  # trailing padding in one row, a different amount in another
+    attention[2, length // 2:] = 0
+    token_types[attention == 0] = 0
+    with torch.no_grad():
+        out = hf_model(input_ids=torch.from_numpy(inputs).long(),
+                       token_type_ids=torch.from_numpy(token_types).long(),
+                       attention_mask=torch.from_numpy(attention).long())
+    expected_mlm = out.prediction_logits.numpy()
+    expected_nsp = out.seq_relationship_logits.numpy()
+
+    model = Bert(TransformerConfig(vocab_size=vocab, num_layers=num_layers, d_model=d_model,
+                                   num_heads=num_heads, d_ff=d_ff, max_len=max_len,
+                                   layer_norm_eps=1e-12, activation="gelu"))
+    params = _hf_params(hf_model, num_layers, num_heads)
+    initialised = _init_shapes(model)
+    # Same tree and shapes as our own init: no parameter of ours is left without a counterpart.
+    assert jax.tree.structure(params) == jax.tree.structure(initialised)
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, initialised)
+
+    logits = model.apply({"params": params}, jnp.asarray(inputs), jnp.asarray(token_types),
+                         attention_ids=jnp.asarray(attention))
+    mlm, nsp = np.asarray(logits["mlm_logits"]), np.asarray(logits["nsp_logits"])
+    assert mlm.dtype == nsp.dtype == np.float32
+    assert mlm.shape == expected_mlm.shape and nsp.shape == expected_nsp.shape == (3, 2)
+    assert np.abs(expected_mlm).max() > 1.0 and np.abs(expected_nsp).max() > 0.1
+    # Padding positions are nobody's prediction (HF lets them attend, we mask them entirely);
+    # every real position must agree.
+    real = attention == 1
+    mlm_error = np.abs(mlm[real] - expected_mlm[real]).max()
+    nsp_error = np.abs(nsp - expected_nsp).max()
+    print(f"max abs difference: mlm {mlm_error:.2e}, nsp {nsp_error:.2e}")
+    assert mlm_error < 1e-4 and nsp_error < 1e-4, (mlm_error, nsp_error)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(jitted apply, params) of a tiny BERT with weights (std 0.3) that make attention sharp."""
+    model = Bert(TransformerConfig(vocab_size=101, num_layers=2, d_model=32, num_heads=4,
+                                   d_ff=64, max_len=32, activation="gelu"))
+    rng = np.random.default_rng(0)
+
+    def draw(path, shape):
+        noise = rng.normal(size=shape.shape).astype(np.float32)
+        return jnp.asarray(1.0 + 0.1 * noise if path[-1].key == "scale" else 0.3 * noise)
+    params = jax.tree_util.tree_map_with_path(draw, _init_shapes(model))
+    apply = jax.jit(lambda inputs, token_types, attention_ids: model.apply(
+        {"params": params}, inputs, token_types, attention_ids=attention_ids))
+    return apply
+
+
+def test_changing_a_later_token_changes_earlier_outputs(tiny):
+    inputs = np.random.default_rng(1).integers(0, 101, size=(2, 16)).astype(np.int32)
+    token_types, attention = np.zeros_like(inputs), np.ones_like(inputs)
+    changed = inputs.copy()
+    changed[:, 12] = (inputs[:, 12] + 1) % 101
+    before = tiny(inputs, token_types, attention)
+    after = tiny(changed, token_types, attention)
+    # Bidirectional: the first tokens (and [CLS]'s NSP logits) see the change at position 12.
+    assert np.abs(after["mlm_logits"][:, :12] - before["mlm_logits"][:, :12]).min(-1).max() > 1e-3
+    assert np.abs(np.asarray(after["nsp_logits"]) - np.asarray(before["nsp_logits"])).max() > 1e-4
+
+
+def test_token_types_change_the_outputs(tiny):
+    inputs = np.random.default_rng(2).integers(0, 101, size=(1, 12)).astype(np.int32)
+    attention = np.ones_like(inputs)
+    segment_b = np.zeros_like(inputs)
+    segment_b[:, 6:] = 1
+    a = tiny(inputs, np.zeros_like(inputs), attention)["mlm_logits"]
+    b = tiny(inputs, segment_b, attention)["mlm_logits"]
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-2
+
+
+def test_padding_never_changes_the_outputs_of_real_tokens(tiny):
+    rng = np.random.default_rng(3)
+    real_tokens = rng.integers(0, 101, size=(1, 10)).astype(np.int32)
+    real_types = np.array([[0] * 5 + [1] * 5], np.int32)
+    alone = tiny(real_tokens, real_types, np.ones_like(real_tokens))
+    # The same 10 tokens followed by 6 pads of different contents in two rows.
+    padded = np.concatenate([np.repeat(real_tokens, 2, 0),
+                             rng.integers(0, 101, size=(2, 6)).astype(np.int32)], axis=1)
+    types = np.concatenate([np.repeat(real_types, 2, 0), rng.integers(0, 2, size=(2, 6))], 1)
+    attention = np.array([[1] * 10 + [0] * 6] * 2, np.int32)
+    out = tiny(padded, types.astype(np.int32), attention)
+    assert np.all(np.isfinite(np.asarray(out["mlm_logits"])))
+    for row in range(2):
+        np.testing.assert_allclose(out["mlm_logits"][row, :10], alone["mlm_logits"][0],
+                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out["nsp_logits"][row], alone["nsp_logits"][0],
+                                   atol=1e-5, rtol=0)
+    # Without the padding mask the pads are seen: the check has teeth.
+    leaky = tiny(padded, types.astype(np.int32), np.ones_like(attention))
+    assert np.abs(np.asarray(leaky["mlm_logits"][0, :10]) - alone["mlm_logits"][0]).max() > 1e-2
+
+
+def test_mlm_decoder_is_tied_to_the_word_embeddings(tiny):
+    model = Bert(TransformerConfig(vocab_size=101, num_layers=1, d_model=32, num_heads=4,
+                                   d_ff=64, max_len=32, activation="gelu"))
+    shapes = _init_shapes(model)
+    vocab_leaves = sorted(jax.tree_util.keystr(path) for path, leaf
+                          in jax.tree_util.tree_flatten_with_path(shapes)[0]
+                          if 101 in leaf.shape)
+    # One vocabulary matrix (the input table) and the MLM output bias: no separate decoder.
+    assert vocab_leaves == ["['mlm']['output_bias']", "['token_embed']['embedding']"]
+
+
+def test_every_parameter_carries_logical_axis_names():
+    model = Bert(TransformerConfig(vocab_size=101, num_layers=1, d_model=32, num_heads=4,
+                                   d_ff=64, max_len=32))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs(8)))
+    specs = nn.get_partition_spec(boxed["params"])
+    flat_specs = jax.tree_util.tree_flatten_with_path(
+        specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
+    leaves = jax.tree.leaves(nn.meta.unbox(boxed["params"]))
+    assert len(flat_specs) == len(leaves)
+    for (path, spec), leaf in zip(flat_specs, leaves):
+        assert isinstance(spec, jax.sharding.PartitionSpec), path
+        assert len(spec) == leaf.ndim, (path, spec)
+        # Unnamed: the token-type table's 2 rows, the NSP classes, the pooler's and MLM
+        # transform's output (the input axis is already 'embed', which a spec may hold once).
+        names = [name for name in spec if name is not None]
+        assert len(names) >= leaf.ndim - 1 and len(set(names)) == len(names), (path, spec)
+    # The rules turn every spec into a valid sharding on a mesh with every axis present.
+    mesh = jax.make_mesh((1, 1, 1), partitioning.MESH_AXES, devices=jax.devices()[:1])
+    partitioning.logical_shardings(boxed["params"], mesh)
+
+
+def test_cli_pretraining_lowers_the_eval_loss(tmp_path, tiny_run):
+    from conftest import read_metrics
+
+    workdir = tmp_path / "bert"
+    result = tiny_run(workdir, "--config.train.num_steps=30", "--config.train.eval_every=30",
+                      "--config.optim.lr=2e-3", config="configs/bert.py:tiny")
+    evals = read_metrics(workdir, "eval")
+    assert sorted(evals) == [0, 30]
+    assert evals[30]["loss"] < evals[0]["loss"] - 0.3, (evals[0]["loss"], evals[30]["loss"])
+    assert 0 <= evals[30]["nsp_accuracy"] <= 1 and evals[30]["nsp_examples"] > 0
+    assert "sample |" not in result.stderr + result.stdout  # an encoder samples nothing

@@ -1,0 +1,90 @@
+"""BERT (Devlin et al. 2019): a post-LN bidirectional encoder with MLM and NSP heads.
+
+Inputs are `[CLS] A [SEP] B [SEP]` rows. Each token's embedding is the sum of its word, learned
+position and token-type (segment A = 0, B = 1) embeddings, then a LayerNorm (§3.2, Fig. 2).
+The pooled output is tanh(dense(first token)); the MLM head (dense, GELU, LayerNorm) ties its
+decoder to the word embeddings and adds an output bias per vocabulary entry, as the reference
+implementation does. Names map onto Hugging Face's BertForPreTraining (tests/models/test_bert.py).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from textgen_jax.models.layers import (DenseGeneral, Embed, LayerNorm, TransformerBlock,
+                                       TransformerConfig, activation_fn, add_bias, attention_mask)
+
+NUM_NSP_CLASSES = 2  # class 0: B is A's true next segment, class 1: B is random (reference order)
+
+
+class MaskedLMHead(nn.Module):
+    """hidden [batch, length, embed] -> float32 logits [batch, length, vocab] (§3.1, Task #1)."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, token_embed: Embed) -> jax.Array:
+        cfg = self.cfg
+        x = DenseGeneral(cfg.d_model, kernel_axes=("embed", None), dtype=cfg.dtype,
+                         kernel_init=nn.initializers.normal(cfg.init_std), name="transform")(x)
+        x = activation_fn(cfg.activation)(x)
+        x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="transform_norm")(x)
+        bias = self.param("output_bias",
+                          nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (cfg.vocab_size,), jnp.float32)
+        return add_bias(token_embed.attend(x), bias)
+
+
+class Bert(nn.Module):
+    """Encoder + pooler + MLM and NSP heads, as pretrained in the paper (§3.1)."""
+
+    cfg: TransformerConfig
+    type_vocab_size: int = 2
+    # Not a generator: the loop's end-of-training samples and `generate` skip/refuse it.
+    can_generate = False
+
+    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
+        """Arguments of a minimal call, for `init` (shapes only matter)."""
+        return (jnp.ones((1, seq_len), jnp.int32), jnp.zeros((1, seq_len), jnp.int32))
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, token_types: jax.Array,
+                 positions: jax.Array | None = None, attention_ids: jax.Array | None = None,
+                 deterministic: bool = True) -> dict[str, jax.Array]:
+        """inputs, token_types (0 = segment A, 1 = B) [batch, length] int ->
+        {'mlm_logits': float32 [batch, length, vocab], 'nsp_logits': float32 [batch, 2]}.
+
+        attention_ids [batch, length]: 0 for padding, which no token attends to; tokens attend
+        only to tokens with the same id (default all ones). positions default to 0, 1, ...
+        """
+        cfg = self.cfg
+        if attention_ids is None:
+            attention_ids = jnp.ones_like(inputs)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+        embed = lambda num, axes, name: Embed(num, cfg.d_model, table_axes=axes,  # noqa: E731
+                                              init_std=cfg.init_std, dtype=cfg.dtype, name=name)
+        token_embed = embed(cfg.vocab_size, ("vocab", "embed"), "token_embed")
+        x = (token_embed(inputs)
+             + embed(cfg.max_len, ("length", "embed"), "position_embed")(positions)
+             + embed(self.type_vocab_size, (None, "embed"), "token_type_embed")(token_types))
+        x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="embed_norm")(x)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+        mask = attention_mask(attention_ids, attention_ids, causal=False)
+        for i in range(cfg.num_layers):
+            x = TransformerBlock(cfg, pre_norm=False, residual_init_std=cfg.init_std,
+                                 name=f"block_{i}")(x, mask, deterministic=deterministic)
+
+        pooled = jnp.tanh(DenseGeneral(
+            cfg.d_model, kernel_axes=("embed", None), dtype=cfg.dtype,
+            kernel_init=nn.initializers.normal(cfg.init_std), name="pooler")(x[:, 0]))
+        nsp_logits = DenseGeneral(
+            NUM_NSP_CLASSES, kernel_axes=("embed", None), dtype=cfg.dtype,
+            kernel_init=nn.initializers.normal(cfg.init_std), name="nsp")(pooled)
+        mlm_logits = MaskedLMHead(cfg, name="mlm")(x, token_embed)
+        return {"mlm_logits": nn.with_logical_constraint(mlm_logits, ("batch", "length", "vocab")),
+                "nsp_logits": nsp_logits.astype(jnp.float32)}

@@ -1,0 +1,61 @@
+"""The decoder-only causal LM shared by GPT (post-LN) and GPT-2 (pre-LN + final LayerNorm).
+
+Token + learned position embeddings, causal self-attention blocks, and an output layer tied to
+the token embedding. Packed documents stay apart through segment ids (0 = padding).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
+                                       attention_mask)
+
+
+class DecoderLM(nn.Module):
+    """Causal LM; `pre_norm` picks GPT-2's pre-LN blocks with a final LayerNorm over GPT's
+    post-LN blocks, `scale_residual_init` GPT-2's depth-scaled residual projections."""
+
+    cfg: TransformerConfig
+    pre_norm: bool = True
+    scale_residual_init: bool = True
+
+    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
+        """Arguments of a minimal call, for `init` (shapes only matter)."""
+        return (jnp.ones((1, seq_len), jnp.int32),)
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, segment_ids: jax.Array | None = None,
+                 positions: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+        """inputs [batch, length] int -> float32 logits [batch, length, vocab].
+
+        segment_ids (0 = padding) keep packed documents apart; positions restart per document.
+        """
+        cfg = self.cfg
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(inputs)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+        token_embed = Embed(cfg.vocab_size, cfg.d_model, init_std=cfg.init_std, dtype=cfg.dtype,
+                            name="token_embed")
+        position_embed = Embed(cfg.max_len, cfg.d_model, table_axes=("length", "embed"),
+                               init_std=cfg.init_std, dtype=cfg.dtype, name="position_embed")
+        x = token_embed(inputs) + position_embed(positions)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+        mask = attention_mask(segment_ids, segment_ids, causal=True)
+        residual_init_std = cfg.init_std
+        if self.scale_residual_init:
+            # GPT-2 §2.3: residual projections scaled by 1/sqrt(N), N = 2 residual layers per block.
+            residual_init_std /= np.sqrt(2 * cfg.num_layers)
+        for i in range(cfg.num_layers):
+            x = TransformerBlock(cfg, pre_norm=self.pre_norm, residual_init_std=residual_init_std,
+                                 name=f"block_{i}")(x, mask, deterministic=deterministic)
+        if self.pre_norm:  # post-LN blocks already end in a LayerNorm
+            x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="final_norm")(x)
+        logits = token_embed.attend(x)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

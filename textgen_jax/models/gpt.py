@@ -1,0 +1,17 @@
+"""GPT (Radford et al. 2018): a post-LN decoder with learned positions and tied embeddings."""
+
+from __future__ import annotations
+
+from textgen_jax.models.decoder import DecoderLM
+
+
+class GPT(DecoderLM):
+    """Names map directly onto Hugging Face's OpenAIGPTLMHeadModel (tokens_embed,
+    positions_embed, h.i.{attn, ln_1, mlp, ln_2}).
+
+    Unlike GPT-2 there is no final LayerNorm: each block already ends in one (post-LN), and
+    every weight is initialised N(0, 0.02) (paper §4.1), with no depth scaling.
+    """
+
+    pre_norm: bool = False
+    scale_residual_init: bool = False

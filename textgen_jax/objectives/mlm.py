@@ -1,0 +1,38 @@
+"""BERT pretraining (Devlin et al. 2019, §3.1): masked-LM plus next-sentence prediction."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from textgen_jax.objectives.clm import cross_entropy_sums
+
+
+def mlm_nsp_loss(mlm_logits: jax.Array, nsp_logits: jax.Array, mlm_labels: jax.Array,
+                 nsp_labels: jax.Array) -> dict[str, jax.Array]:
+    """Sums whose per-token mean is the paper's loss: mean MLM + mean NSP cross-entropy.
+
+    mlm_logits [batch, length, vocab] and nsp_logits [batch, 2] float32; mlm_labels
+    [batch, length] (the original id where a token is predicted, -1 elsewhere); nsp_labels
+    [batch] (0 = B follows A, 1 = random B). 'loss' = MLM sum + NSP mean * predicted tokens, so
+    the loop's division by 'tokens' gives the sum of the two means; 'nsp_loss' and
+    'nsp_correct' are sums over the 'nsp_examples' examples.
+    """
+    weights = (mlm_labels >= 0).astype(jnp.float32)
+    sums = cross_entropy_sums(mlm_logits, jnp.maximum(mlm_labels, 0), weights)
+    nsp = cross_entropy_sums(nsp_logits, nsp_labels, jnp.ones(nsp_labels.shape, jnp.float32))
+    examples = nsp["tokens"]
+    sums["loss"] = sums["loss"] + nsp["loss"] / jnp.maximum(examples, 1.0) * sums["tokens"]
+    sums.update(nsp_loss=nsp["loss"], nsp_correct=nsp["correct"], nsp_examples=examples)
+    return sums
+
+
+def mlm_nsp_loss_fn(model, params, batch: dict[str, jax.Array], rng: jax.Array | None,
+                    deterministic: bool) -> dict[str, jax.Array]:
+    """The loop's view of the objective: sums over a `bert_pretraining_dataset` batch."""
+    rngs = None if deterministic else {"dropout": rng}
+    out = model.apply({"params": params}, batch["inputs"], batch["token_types"],
+                      batch["positions"], batch["attention_ids"], deterministic=deterministic,
+                      rngs=rngs)
+    return mlm_nsp_loss(out["mlm_logits"], out["nsp_logits"], batch["mlm_labels"],
+                        batch["nsp_labels"])
