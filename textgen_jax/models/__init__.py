@@ -5,12 +5,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from textgen_jax.models.bart import Bart
 from textgen_jax.models.bert import Bert
 from textgen_jax.models.gpt import GPT
 from textgen_jax.models.gpt2 import GPT2
 from textgen_jax.models.layers import TransformerConfig
 
-ARCHITECTURES = {"gpt2": GPT2, "gpt": GPT, "bert": Bert}
+ARCHITECTURES = {"gpt2": GPT2, "gpt": GPT, "bert": Bert, "bart": Bart}
 
 
 def transformer_config(model_config: ml_collections.ConfigDict,

@@ -1,0 +1,158 @@
+"""BART (Lewis et al. 2019): a post-LN encoder-decoder with a tied output layer.
+
+The token table is shared by the encoder, the decoder and the output layer (§2.1, the standard
+Transformer of Vaswani et al.). Each stack adds learned positions, which the reference stores
+with an offset of 2 (row = position + 2), then a LayerNorm over the embeddings. Encoder blocks
+are post-LN self-attention + MLP; decoder blocks put cross-attention over the encoder's output
+between the causal self-attention and the MLP. Logits are the tied projection plus
+`final_logits_bias`. Names map onto Hugging Face's BartForConditionalGeneration
+(tests/models/test_bart.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from textgen_jax.models.layers import (MLP, Embed, LayerNorm, MultiHeadAttention,
+                                       TransformerBlock, TransformerConfig, add_bias,
+                                       attention_mask)
+
+# The reference's learned position table keeps two extra leading rows (a fairseq legacy of
+# padding_idx = 1): position p reads row p + 2.
+POSITION_OFFSET = 2
+
+
+class DecoderBlock(nn.Module):
+    """Post-LN causal self-attention, cross-attention over the encoder output, MLP."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, encoded: jax.Array, self_mask: jax.Array,
+                 cross_mask: jax.Array, deterministic: bool = True) -> jax.Array:
+        """x [batch, target_len, embed], encoded [batch, source_len, embed],
+        self_mask [batch, 1, target_len, target_len], cross_mask [batch, 1, target_len,
+        source_len] -> [batch, target_len, embed]."""
+        cfg = self.cfg
+        dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=deterministic)
+        norm = functools.partial(LayerNorm, eps=cfg.layer_norm_eps, dtype=cfg.dtype)
+        self_attention = MultiHeadAttention(cfg, out_init_std=cfg.init_std, name="attention")
+        cross_attention = MultiHeadAttention(cfg, out_init_std=cfg.init_std,
+                                             name="cross_attention")
+        mlp = MLP(cfg, out_init_std=cfg.init_std, name="mlp")
+        x = norm(name="attention_norm")(
+            x + dropout(self_attention(x, self_mask, deterministic=deterministic)))
+        x = norm(name="cross_attention_norm")(
+            x + dropout(cross_attention(x, cross_mask, kv=encoded, deterministic=deterministic)))
+        x = norm(name="mlp_norm")(x + dropout(mlp(x, deterministic=deterministic)))
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class _Stack(nn.Module):
+    """Learned positions + embedding LayerNorm, then encoder or decoder blocks."""
+
+    cfg: TransformerConfig
+    num_layers: int
+    is_decoder: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, encoded: jax.Array | None = None,
+                 cross_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+        """x: token embeddings [batch, length, embed] -> [batch, length, embed]."""
+        cfg = self.cfg
+        if x.shape[1] > cfg.max_len:
+            raise ValueError(f"sequence length {x.shape[1]} exceeds max_len={cfg.max_len}: "
+                             f"raise config.model.max_len or shorten the inputs.")
+        positions = jnp.arange(x.shape[1]) + POSITION_OFFSET
+        x = x + Embed(cfg.max_len + POSITION_OFFSET, cfg.d_model, table_axes=("length", "embed"),
+                      init_std=cfg.init_std, dtype=cfg.dtype, name="position_embed")(positions)
+        x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="embed_norm")(x)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        for i in range(self.num_layers):
+            if self.is_decoder:
+                x = DecoderBlock(cfg, name=f"block_{i}")(x, encoded, mask, cross_mask,
+                                                         deterministic=deterministic)
+            else:
+                x = TransformerBlock(cfg, pre_norm=False, residual_init_std=cfg.init_std,
+                                     name=f"block_{i}")(x, mask, deterministic=deterministic)
+        return x
+
+
+class Bart(nn.Module):
+    """Encoder-decoder with shared, tied token embeddings; `encode` once, `decode` per step.
+
+    `num_decoder_layers` defaults to cfg.num_layers (the encoder's depth); `scale_embedding`
+    multiplies token embeddings by sqrt(d_model), off in BART's released configs.
+    """
+
+    cfg: TransformerConfig
+    num_decoder_layers: int | None = None
+    scale_embedding: bool = False
+
+    def setup(self):
+        cfg = self.cfg
+        self.token_embed = Embed(cfg.vocab_size, cfg.d_model, init_std=cfg.init_std,
+                                 dtype=cfg.dtype)
+        self.encoder = _Stack(cfg, cfg.num_layers, is_decoder=False)
+        self.decoder = _Stack(cfg, self.num_decoder_layers or cfg.num_layers, is_decoder=True)
+        self.final_logits_bias = self.param(
+            "final_logits_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+            (cfg.vocab_size,), jnp.float32)
+
+    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
+        """Arguments of a minimal call, for `init` (shapes only matter)."""
+        return (jnp.ones((1, seq_len), jnp.int32), jnp.ones((1, seq_len), jnp.int32))
+
+    def _embed_tokens(self, ids: jax.Array) -> jax.Array:
+        x = self.token_embed(ids)
+        if self.scale_embedding:
+            x = x * np.sqrt(self.cfg.d_model).astype(x.dtype)
+        return x
+
+    def encode(self, inputs: jax.Array, input_ids_mask: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+        """inputs [batch, source_len] int -> encoded [batch, source_len, embed].
+
+        input_ids_mask [batch, source_len]: 1 for real tokens, 0 for padding (segment ids of
+        packed rows also work: tokens attend only to tokens with the same id).
+        """
+        if input_ids_mask is None:
+            input_ids_mask = jnp.ones_like(inputs)
+        mask = attention_mask(input_ids_mask, input_ids_mask, causal=False)
+        return self.encoder(self._embed_tokens(inputs), mask, deterministic=deterministic)
+
+    def decode(self, decoder_inputs: jax.Array, encoded: jax.Array,
+               input_ids_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+        """decoder_inputs [batch, target_len] int, encoded [batch, source_len, embed] ->
+        float32 logits [batch, target_len, vocab].
+
+        input_ids_mask is the source's (as in `encode`), decoder_mask the target's (1 real,
+        0 padding); a target token attends to target tokens up to itself and to every real
+        source token.
+        """
+        if input_ids_mask is None:
+            input_ids_mask = jnp.ones(encoded.shape[:2], jnp.int32)
+        if decoder_mask is None:
+            decoder_mask = jnp.ones_like(decoder_inputs)
+        self_mask = attention_mask(decoder_mask, decoder_mask, causal=True)
+        cross_mask = attention_mask(decoder_mask, input_ids_mask, causal=False)
+        x = self.decoder(self._embed_tokens(decoder_inputs), self_mask, encoded, cross_mask,
+                         deterministic=deterministic)
+        logits = add_bias(self.token_embed.attend(x), self.final_logits_bias)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+    def __call__(self, inputs: jax.Array, decoder_inputs: jax.Array,
+                 input_ids_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        """inputs [batch, source_len], decoder_inputs [batch, target_len] int ->
+        float32 logits [batch, target_len, vocab]; masks as in `encode` and `decode`."""
+        encoded = self.encode(inputs, input_ids_mask, deterministic=deterministic)
+        return self.decode(decoder_inputs, encoded, input_ids_mask, decoder_mask,
+                           deterministic=deterministic)
