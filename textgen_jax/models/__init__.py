@@ -10,8 +10,9 @@ from textgen_jax.models.bert import Bert
 from textgen_jax.models.gpt import GPT
 from textgen_jax.models.gpt2 import GPT2
 from textgen_jax.models.layers import TransformerConfig
+from textgen_jax.models.xlm import Xlm
 
-ARCHITECTURES = {"gpt2": GPT2, "gpt": GPT, "bert": Bert, "bart": Bart}
+ARCHITECTURES = {"gpt2": GPT2, "gpt": GPT, "bert": Bert, "xlm": Xlm, "bart": Bart}
 
 
 def transformer_config(model_config: ml_collections.ConfigDict,

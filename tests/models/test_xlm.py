@@ -1,0 +1,249 @@
+"""XLM: exact against Hugging Face's XLMWithLMHeadModel; causal or bidirectional, padding-safe."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from textgen_jax.models import ARCHITECTURES
+from textgen_jax.models.layers import TransformerConfig
+from textgen_jax.models.xlm import Xlm
+from textgen_jax.training import partitioning
+
+
+def _init_shapes(model: Xlm) -> dict:
+    return nn.meta.unbox(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), *model.example_inputs(8))["params"]))
+
+
+def _hf_params(hf_model, num_layers: int, num_heads: int, sinusoidal: bool,
+               num_languages: int) -> dict:
+    """Hugging Face XLM weights (torch Linear weights are [out, in]) in our layout."""
+    state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+    d_model = state["transformer.embeddings.weight"].shape[1]
+    head_dim = d_model // num_heads
+
+    def dense(prefix: str, in_shape: tuple, out_shape: tuple) -> dict:
+        return {"kernel": state[f"{prefix}.weight"].T.reshape(*in_shape, *out_shape),
+                "bias": state[f"{prefix}.bias"].reshape(out_shape)}
+
+    def norm(prefix: str) -> dict:
+        return {"scale": state[f"{prefix}.weight"], "bias": state[f"{prefix}.bias"]}
+
+    params = {
+        "token_embed": {"embedding": state["transformer.embeddings.weight"]},
+        "embed_norm": norm("transformer.layer_norm_emb"),
+        "output_bias": state["pred_layer.proj.bias"],
+    }
+    if not sinusoidal:
+        params["position_embed"] = {
+            "embedding": state["transformer.position_embeddings.weight"]}
+    if num_languages > 1:
+        params["language_embed"] = {"embedding": state["transformer.lang_embeddings.weight"]}
+    for i in range(num_layers):
+        p = f"transformer.attentions.{i}"
+        attention = {ours: dense(f"{p}.{theirs}", (d_model,), (num_heads, head_dim))
+                     for ours, theirs in (("query", "q_lin"), ("key", "k_lin"),
+                                          ("value", "v_lin"))}
+        attention["out"] = dense(f"{p}.out_lin", (num_heads, head_dim), (d_model,))
+        params[f"block_{i}"] = {
+            "attention": attention,
+            "attention_norm": norm(f"transformer.layer_norm1.{i}"),
+            "mlp": {"fc_in": dense(f"transformer.ffns.{i}.lin1", (d_model,), (-1,)),
+                    "fc_out": dense(f"transformer.ffns.{i}.lin2", (-1,), (d_model,))},
+            "mlp_norm": norm(f"transformer.layer_norm2.{i}"),
+        }
+    return params
+
+
+@pytest.mark.parametrize(
+    "num_layers,d_model,num_heads,max_len,vocab,num_languages,sinusoidal,causal", [
+        (2, 64, 4, 48, 101, 1, False, False),  # learned positions, one language
+        (2, 64, 4, 48, 101, 3, True, False),  # sinusoidal positions, three languages
+        (2, 48, 4, 40, 97, 2, False, True),  # causal (CLM)
+        (3, 60, 5, 37, 97, 3, False, False),  # odd head count, max positions not a power of two
+    ])
+def test_logits_match_transformers_xlm_with_lm_head(num_layers, d_model, num_heads, max_len,
+                                                    vocab, num_languages, sinusoidal, causal):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.XLMConfig(
+        vocab_size=vocab, emb_dim=d_model, n_layers=num_layers, n_heads=num_heads,
+        max_position_embeddings=max_len, n_langs=num_languages, use_lang_emb=True,
+        sinusoidal_embeddings=sinusoidal, causal=causal, gelu_activation=True, dropout=0.0,
+        attention_dropout=0.0, layer_norm_eps=1e-12, asm=False)
+    torch.manual_seed(0)
+    hf_model = transformers.XLMWithLMHeadModel(hf_config).eval()
+    # HF initialises biases to 0 and LayerNorms to 1, where a mapping mistake would hide:
+    # randomise every tensor (but fixed sinusoids), with weights giving sharp attention.
+    with torch.no_grad():
+        for name, tensor in hf_model.named_parameters():
+            if sinusoidal and "position_embeddings" in name:
+                continue
+            if "layer_norm" in name and name.endswith("weight"):
+                tensor.copy_(1.0 + 0.2 * torch.randn_like(tensor))
+            elif name.endswith("bias"):
+                tensor.copy_(0.1 * torch.randn_like(tensor))
+            elif "embeddings" in name:
+                tensor.copy_(0.5 * torch.randn_like(tensor))
+            else:
+                tensor.copy_(0.15 * torch.randn_like(tensor))
+    state = hf_model.state_dict()
+    # The output layer is tied to the word embeddings, which is what our mapping relies on.
+    assert torch.equal(state["pred_layer.proj.weight"], state["transformer.embeddings.weight"])
+    if sinusoidal:
+        from textgen_jax.models.xlm import sinusoidal_position_table
+        np.testing.assert_allclose(state["transformer.position_embeddings.weight"].numpy(),
+                                   sinusoidal_position_table(max_len, d_model), atol=1e-6)
+    rng = np.random.default_rng(0)
+    length = max_len
+    inputs = rng.integers(0, vocab, size=(3, length)).astype(np.int32)
+    langs = rng.integers(0, num_languages, size=(3, length)).astype(np.int32)
+    attention = np.ones_like(inputs)
+    # Trailing padding in one row, a different amount in another. HF's causal mode does not
+    # mask padding, which is harmless only when padding trails: no real token precedes a pad.
+    attention[1, -7:] = 0
+    attention[2, length // 2:] = 0
+    with torch.no_grad():
+        expected = hf_model(input_ids=torch.from_numpy(inputs).long(),
+                            langs=torch.from_numpy(langs).long(),
+                            attention_mask=torch.from_numpy(attention).long()).logits.numpy()
+
+    model = Xlm(TransformerConfig(vocab_size=vocab, num_layers=num_layers, d_model=d_model,
+                                  num_heads=num_heads, d_ff=4 * d_model, max_len=max_len,
+                                  layer_norm_eps=1e-12, activation="gelu"),
+                num_languages=num_languages, sinusoidal_positions=sinusoidal, causal=causal)
+    params = _hf_params(hf_model, num_layers, num_heads, sinusoidal, num_languages)
+    initialised = _init_shapes(model)
+    # Same tree and shapes as our own init: no parameter of ours is left without a counterpart.
+    assert jax.tree.structure(params) == jax.tree.structure(initialised)
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, initialised)
+
+    logits = np.asarray(model.apply({"params": params}, jnp.asarray(inputs), jnp.asarray(langs),
+                                    attention_ids=jnp.asarray(attention)))
+    assert logits.dtype == np.float32 and logits.shape == expected.shape
+    assert np.abs(expected).max() > 1.0
+    # Padding positions are nobody's prediction (HF zeroes them); every real position agrees.
+    real = attention == 1
+    error = np.abs(logits[real] - expected[real]).max()
+    print(f"max abs difference: {error:.2e}")
+    assert error < 1e-4, error
+
+
+def _tiny_apply(causal: bool):
+    """Jitted apply of a tiny 2-language XLM with weights (std 0.3) that make attention sharp."""
+    model = Xlm(TransformerConfig(vocab_size=101, num_layers=2, d_model=32, num_heads=4,
+                                  d_ff=64, max_len=32, activation="gelu"),
+                num_languages=2, causal=causal)
+    rng = np.random.default_rng(0)
+
+    def draw(path, shape):
+        noise = rng.normal(size=shape.shape).astype(np.float32)
+        return jnp.asarray(1.0 + 0.1 * noise if path[-1].key == "scale" else 0.3 * noise)
+    params = jax.tree_util.tree_map_with_path(draw, _init_shapes(model))
+    return jax.jit(lambda inputs, langs, attention_ids: model.apply(
+        {"params": params}, inputs, langs, attention_ids=attention_ids))
+
+
+@pytest.fixture(scope="module")
+def causal_apply():
+    return _tiny_apply(causal=True)
+
+
+@pytest.fixture(scope="module")
+def bidirectional_apply():
+    return _tiny_apply(causal=False)
+
+
+def _change_token_12(apply) -> np.ndarray:
+    """|logits change| at positions 0..11 when token 12 changes, [batch, 12, vocab]."""
+    inputs = np.random.default_rng(1).integers(0, 101, size=(2, 16)).astype(np.int32)
+    langs, attention = np.zeros_like(inputs), np.ones_like(inputs)
+    changed = inputs.copy()
+    changed[:, 12] = (inputs[:, 12] + 1) % 101
+    before, after = apply(inputs, langs, attention), apply(changed, langs, attention)
+    return np.abs(np.asarray(after[:, :12]) - np.asarray(before[:, :12]))
+
+
+def test_causal_mode_never_lets_a_future_token_change_an_earlier_logit(causal_apply):
+    assert _change_token_12(causal_apply).max() == 0.0
+
+
+def test_bidirectional_mode_lets_a_later_token_change_earlier_logits(bidirectional_apply):
+    assert _change_token_12(bidirectional_apply).min(-1).max() > 1e-3
+
+
+def test_languages_change_the_outputs(bidirectional_apply):
+    inputs = np.random.default_rng(2).integers(0, 101, size=(1, 12)).astype(np.int32)
+    attention = np.ones_like(inputs)
+    a = bidirectional_apply(inputs, np.zeros_like(inputs), attention)
+    b = bidirectional_apply(inputs, np.ones_like(inputs), attention)
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-2
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_never_changes_the_logits_of_real_tokens(causal, causal_apply,
+                                                          bidirectional_apply):
+    apply = causal_apply if causal else bidirectional_apply
+    rng = np.random.default_rng(3)
+    real_tokens = rng.integers(0, 101, size=(1, 10)).astype(np.int32)
+    real_langs = np.array([[0] * 5 + [1] * 5], np.int32)
+    alone = np.asarray(apply(real_tokens, real_langs, np.ones_like(real_tokens)))
+    # The same 10 tokens followed by 6 pads of different contents in two rows.
+    padded = np.concatenate([np.repeat(real_tokens, 2, 0),
+                             rng.integers(0, 101, size=(2, 6)).astype(np.int32)], axis=1)
+    langs = np.concatenate([np.repeat(real_langs, 2, 0), rng.integers(0, 2, size=(2, 6))], 1)
+    attention = np.array([[1] * 10 + [0] * 6] * 2, np.int32)
+    out = np.asarray(apply(padded, langs.astype(np.int32), attention))
+    assert np.all(np.isfinite(out))
+    for row in range(2):
+        np.testing.assert_allclose(out[row, :10], alone[0], atol=1e-5, rtol=0)
+    if not causal:  # without the padding mask the pads are seen: the check has teeth
+        leaky = np.asarray(apply(padded, langs.astype(np.int32), np.ones_like(attention)))
+        assert np.abs(leaky[0, :10] - alone[0]).max() > 1e-2
+
+
+def test_output_layer_is_tied_to_the_word_embeddings():
+    model = Xlm(TransformerConfig(vocab_size=101, num_layers=1, d_model=32, num_heads=4,
+                                  d_ff=64, max_len=32), num_languages=3)
+    shapes = _init_shapes(model)
+    vocab_leaves = sorted(jax.tree_util.keystr(path) for path, leaf
+                          in jax.tree_util.tree_flatten_with_path(shapes)[0]
+                          if 101 in leaf.shape)
+    assert vocab_leaves == ["['output_bias']", "['token_embed']['embedding']"]
+    assert shapes["language_embed"]["embedding"].shape == (3, 32)
+
+
+def test_sinusoidal_positions_and_one_language_add_no_parameters():
+    model = Xlm(TransformerConfig(vocab_size=101, num_layers=1, d_model=32, num_heads=4,
+                                  d_ff=64, max_len=32), sinusoidal_positions=True)
+    shapes = _init_shapes(model)
+    assert "position_embed" not in shapes and "language_embed" not in shapes
+
+
+def test_every_parameter_carries_logical_axis_names():
+    model = Xlm(TransformerConfig(vocab_size=101, num_layers=1, d_model=32, num_heads=4,
+                                  d_ff=64, max_len=32), num_languages=3)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs(8)))
+    specs = nn.get_partition_spec(boxed["params"])
+    flat_specs = jax.tree_util.tree_flatten_with_path(
+        specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
+    leaves = jax.tree.leaves(nn.meta.unbox(boxed["params"]))
+    assert len(flat_specs) == len(leaves)
+    allowed = {"embed", "heads", "kv", "mlp", "vocab", "length"}
+    for (path, spec), leaf in zip(flat_specs, leaves):
+        assert isinstance(spec, jax.sharding.PartitionSpec), path
+        assert len(spec) == leaf.ndim, (path, spec)
+        # Unnamed only: the language table's few rows.
+        names = [name for name in spec if name is not None]
+        assert set(names) <= allowed and len(set(names)) == len(names), (path, spec)
+        assert len(names) >= leaf.ndim - 1, (path, spec)
+    mesh = jax.make_mesh((1, 1, 1), partitioning.MESH_AXES, devices=jax.devices()[:1])
+    partitioning.logical_shardings(boxed["params"], mesh)
+
+
+def test_registered_as_xlm():
+    assert ARCHITECTURES["xlm"] is Xlm

@@ -1,0 +1,90 @@
+"""XLM (Lample & Conneau 2019): a post-LN transformer trained as a causal (CLM) or masked (MLM,
+TLM) language model over several languages.
+
+Each token's embedding is the sum of its word, position (learned, or fixed sinusoids as in
+Vaswani et al. §3.5) and language embeddings (§3.1; only when there is more than one language),
+then a LayerNorm. The output layer is a dense layer whose weight is the word embedding table,
+with its own bias per vocabulary entry. Names map onto Hugging Face's XLMWithLMHeadModel
+(tests/models/test_xlm.py).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
+                                       add_bias, attention_mask)
+
+
+def sinusoidal_position_table(num_positions: int, d_model: int) -> np.ndarray:
+    """float32 [num_positions, d_model]: sin on even features, cos on odd ones (Vaswani §3.5)."""
+    positions = np.arange(num_positions, dtype=np.float64)[:, None]
+    features = np.arange(d_model)
+    angles = positions / np.power(10000.0, 2 * (features // 2) / d_model)
+    return np.where(features % 2 == 0, np.sin(angles), np.cos(angles)).astype(np.float32)
+
+
+class Xlm(nn.Module):
+    """Embeddings + post-LN blocks + tied output layer; `causal` picks CLM over MLM attention.
+
+    `num_languages` > 1 adds a learned language embedding; `sinusoidal_positions` replaces the
+    learned position table by fixed sinusoids (not a parameter).
+    """
+
+    cfg: TransformerConfig
+    num_languages: int = 1
+    sinusoidal_positions: bool = False
+    causal: bool = False
+    # The generation path calls decoder-style models; XLM's second argument is languages.
+    can_generate = False
+
+    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
+        """Arguments of a minimal call, for `init` (shapes only matter)."""
+        return (jnp.ones((1, seq_len), jnp.int32), jnp.zeros((1, seq_len), jnp.int32))
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, langs: jax.Array | None = None,
+                 positions: jax.Array | None = None, attention_ids: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        """inputs [batch, length] int -> float32 logits [batch, length, vocab].
+
+        langs [batch, length]: language ids in [0, num_languages); ignored with one language,
+        and, as in the reference, no language embedding is added when None. attention_ids
+        [batch, length]: 0 for padding, which no token attends to; tokens attend only to tokens
+        with the same id (default all ones). positions default to 0, 1, ...
+        """
+        cfg = self.cfg
+        if attention_ids is None:
+            attention_ids = jnp.ones_like(inputs)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+        embed = lambda num, axes, name: Embed(num, cfg.d_model, table_axes=axes,  # noqa: E731
+                                              init_std=cfg.init_std, dtype=cfg.dtype, name=name)
+        token_embed = embed(cfg.vocab_size, ("vocab", "embed"), "token_embed")
+        x = token_embed(inputs)
+        if self.sinusoidal_positions:
+            table = sinusoidal_position_table(cfg.max_len, cfg.d_model)
+            x = x + jnp.take(jnp.asarray(table), positions, axis=0).astype(cfg.dtype)
+        else:
+            x = x + embed(cfg.max_len, ("length", "embed"), "position_embed")(positions)
+        if self.num_languages > 1 and langs is not None:
+            x = x + embed(self.num_languages, (None, "embed"), "language_embed")(langs)
+        x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="embed_norm")(x)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+        # The reference also zeroes padded hidden states after every layer; since no token
+        # attends to padding here, that changes no real token's output and is left out.
+        mask = attention_mask(attention_ids, attention_ids, causal=self.causal)
+        for i in range(cfg.num_layers):
+            x = TransformerBlock(cfg, pre_norm=False, residual_init_std=cfg.init_std,
+                                 name=f"block_{i}")(x, mask, deterministic=deterministic)
+
+        bias = self.param("output_bias",
+                          nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (cfg.vocab_size,), jnp.float32)
+        logits = add_bias(token_embed.attend(x), bias)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
