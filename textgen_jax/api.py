@@ -50,8 +50,9 @@ def generate(workdir_or_loaded: str | Loaded, prompts: list[str], max_new_tokens
     loaded = (load(workdir_or_loaded) if isinstance(workdir_or_loaded, str)
               else workdir_or_loaded)
     if not getattr(loaded.model, "can_generate", True):
-        raise ValueError(f"config.model.arch={loaded.config.model.arch!r} is an encoder and "
-                         "does not generate text; train a gpt, gpt2 or bart model to generate.")
+        raise ValueError(f"config.model.arch={loaded.config.model.arch!r} cannot generate text "
+                         "(an encoder, or an encoder-decoder that decoding does not support "
+                         "yet); train a gpt or gpt2 model to generate.")
     return decoding.sample(loaded.model, loaded.params, loaded.tokenizer, prompts,
                            max_new_tokens=max_new_tokens, temperature=temperature,
                            top_k=top_k, seed=seed)

@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "generate")
+COMMANDS = ("train", "eval", "generate", "fill-mask")
 
 config_flags.DEFINE_config_file(
     "config", None, "Config file and preset, e.g. configs/gpt2.py:tiny.", lock_config=True)
@@ -18,7 +18,9 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer and m
 flags.DEFINE_multi_string("prompt", [], "Prompt(s) to continue (generate).")
 flags.DEFINE_integer("max_new_tokens", 48, "Tokens to sample per prompt (generate).")
 flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 = greedy (generate).")
-flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens; 0 = all (generate).")
+flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens; 0 = all (generate); "
+                     "candidates per <mask> (fill-mask, default 5).")
+flags.DEFINE_string("text", None, 'Text with <mask> tokens to fill in (fill-mask).')
 flags.DEFINE_integer("seed", 0, "Sampling seed (generate).")
 
 FLAGS = flags.FLAGS
@@ -72,9 +74,25 @@ def _main(argv: list[str]) -> None:
                 if len(texts) > 1:  # samples hold newlines: mark where each one starts
                     print(f"--- sample {index + 1} of {len(texts)} ---")
                 print(text)
+        elif command == "fill-mask":
+            _fill_mask(FLAGS.workdir)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"textgen-jax {command}: error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def _fill_mask(workdir: str) -> None:
+    """Prints the top-k fillers of each <mask> of --text, one line per mask."""
+    import textgen_jax
+    from textgen_jax.decoding import fill_mask
+
+    if not FLAGS.text:
+        _usage_error('fill-mask needs --text "... <mask> ..."')
+    top_k = FLAGS.top_k if FLAGS["top_k"].present else 5
+    fillers = fill_mask(textgen_jax.load(workdir), FLAGS.text, top_k)
+    for index, candidates in enumerate(fillers):
+        print(f"<mask> {index + 1}: " + " | ".join(f"{text!r} {probability:.3f}"
+                                                   for text, probability in candidates))
 
 
 def _evaluate(workdir: str) -> None:

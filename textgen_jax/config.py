@@ -34,6 +34,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.init_std = 0.02
     c.model.activation = "gelu_tanh"  # gelu_tanh (GPT, GPT-2) | gelu (exact erf: BERT, XLM, BART)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    c.model.num_decoder_layers = 0  # encoder-decoders (BART): 0 = num_layers
+    # XLM only (Lample & Conneau 2019): language embeddings for this many languages (> 1 adds
+    # them), fixed sinusoidal positions instead of learned ones, causal (CLM) attention.
+    c.model.num_languages = 1
+    c.model.sinusoidal_positions = False
+    c.model.causal = False
 
     c.data = ml_collections.ConfigDict()
     # A TFDS name ('stdlib_docstrings/documents' is the embedded corpus, 'lm1b', 'c4/en', ...)
@@ -48,6 +54,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.global_batch_size = 16
     c.data.shuffle_buffer_seed = 0
     c.data.worker_count = 0  # grain worker processes (0 = read in the training process)
+    # Multilingual objectives (xlm_clm, xlm_mlm, tlm): language names, the feature holding each
+    # language's text (in `dataset` for monolingual streams, in `parallel_dataset` for the
+    # translation pairs of TLM), and the exponent of the language sampling q_i ∝ p_i^alpha.
+    c.data.languages = ()
+    c.data.language_features = ()
+    c.data.parallel_dataset = ""  # '' = config.data.dataset
+    c.data.language_alpha = 0.5  # XLM §3.4
+
+    # BART's noising (textgen_jax.data.noising.NoiseConfig's fields); the default is the paper's
+    # best (§5.1): text infilling of 30% of the tokens in Poisson(3) spans + sentence permutation.
+    c.noise = ml_collections.ConfigDict()
+    c.noise.permute_sentences = True
+    c.noise.mask_rate = 0.0
+    c.noise.infill_rate = 0.3
+    c.noise.poisson_lambda = 3.0
+    c.noise.delete_rate = 0.0
+    c.noise.rotate_document = False
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.kind = "bpe"  # bpe | unigram

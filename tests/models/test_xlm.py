@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from textgen_jax.models import ARCHITECTURES
+from textgen_jax.config import validate
+from textgen_jax.models import ARCHITECTURES, build_model
 from textgen_jax.models.layers import TransformerConfig
 from textgen_jax.models.xlm import Xlm
 from textgen_jax.training import partitioning
@@ -247,3 +251,40 @@ def test_every_parameter_carries_logical_axis_names():
 
 def test_registered_as_xlm():
     assert ARCHITECTURES["xlm"] is Xlm
+
+
+def _xlm_preset(preset: str):
+    path = Path(__file__).resolve().parents[2] / "configs" / "xlm.py"
+    spec = importlib.util.spec_from_file_location("xlm_presets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "enfr_1024", "en_2048"])
+def test_presets_are_valid_and_sized_as_the_paper(preset):
+    config = _xlm_preset(preset)
+    validate(config)
+    assert config.model.d_ff == 4 * config.model.d_model
+    assert config.model.num_languages == len(config.data.languages)
+    assert config.objective == "xlm_mlm" and not config.model.causal
+
+
+def test_build_model_passes_the_xlm_options():
+    config = _xlm_preset("tiny")
+    config.model.sinusoidal_positions, config.model.causal = True, True
+    model = build_model(config.model, 101)
+    assert (model.num_languages, model.sinusoidal_positions, model.causal) == (2, True, True)
+
+
+@pytest.mark.parametrize("objective", ["xlm_mlm", "tlm"])
+def test_cli_pretraining_lowers_the_eval_loss(tmp_path, tiny_run, objective):
+    from conftest import read_metrics
+
+    workdir = tmp_path / objective
+    tiny_run(workdir, "--config.train.num_steps=30", "--config.train.eval_every=30",
+             "--config.optim.lr=2e-3", f"--config.objective={objective}",
+             config="configs/xlm.py:tiny")
+    evals = read_metrics(workdir, "eval")
+    assert sorted(evals) == [0, 30]
+    assert evals[30]["loss"] < evals[0]["loss"] - 0.3, (evals[0]["loss"], evals[30]["loss"])

@@ -3,6 +3,7 @@
 from textgen_jax.data.corpus import StdlibDocstrings, prepared_stdlib_docstrings
 from textgen_jax.data.noising import NoiseConfig, add_noise
 from textgen_jax.data.pipeline import (
+    bart_denoising_dataset,
     bert_pretraining_dataset,
     local_batch_size,
     iterator_restore_args,
@@ -20,6 +21,7 @@ from textgen_jax.data.tokenizer import (
 __all__ = [
     "NoiseConfig",
     "add_noise",
+    "bart_denoising_dataset",
     "StdlibDocstrings",
     "TextFiles",
     "TextFilesError",

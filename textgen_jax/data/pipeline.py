@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from textgen_jax.data.masking import mask_tokens, special_ids
+from textgen_jax.data.noising import NoiseConfig, add_noise
 from textgen_jax.data.sources import example_text, open_source
 from textgen_jax.data.tokenizer import Tokenizer
 
@@ -72,6 +73,27 @@ def lm_dataset(
 ) -> grain.IterDataset:
     """Packed causal-LM batches of `split` for one process; see the module docstring.
 
+    The rows are those of `packed_lm_rows`, batched: [global_batch_size // process_count,
+    config.data.seq_len] arrays.
+    """
+    batch_size = local_batch_size(config.data, process_count)
+    rows = packed_lm_rows(config, tokenizer, split, process_index=process_index,
+                          process_count=process_count, shuffle=shuffle, repeat=repeat)
+    return rows.batch(batch_size, drop_remainder=True)
+
+
+def packed_lm_rows(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    split: str,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+    repeat: bool = True,
+) -> grain.IterDataset:
+    """Packed causal-LM rows (unbatched) of `split` for one process; see the module docstring.
+
     Process `process_index` reads documents process_index, process_index + process_count, ...
     so the processes' shards are disjoint and together cover the split. Training uses
     `shuffle=True, repeat=True` (a new document order each epoch, deterministic given the
@@ -83,9 +105,8 @@ def lm_dataset(
 
     Returns:
       An IterDataset of dicts {'inputs', 'segment_ids', 'positions'}: int32
-      [global_batch_size // process_count, config.data.seq_len].
+      [config.data.seq_len].
     """
-    batch_size = local_batch_size(config.data, process_count)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
     source = open_source(config.data, split)
@@ -107,7 +128,7 @@ def lm_dataset(
             num_workers=config.data.worker_count))
     rows = grain.experimental.ConcatThenSplitIterDataset(
         rows, length_struct={"inputs": config.data.seq_len})
-    return rows.map(_rename_packed).batch(batch_size, drop_remainder=True)
+    return rows.map(_rename_packed)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -228,6 +249,102 @@ def bert_pretraining_dataset(
         documents = documents.repeat()
     rows = documents.map_with_index(_SentencePairs(
         source, tokenizer, config.data.text_key, config.data.seq_len, shuffle_seed(config)))
+    return rows.to_iter_dataset().batch(batch_size, drop_remainder=True)
+
+
+class _DenoisingPair:
+    """(index, document number) -> one BART denoising row (Lewis et al. 2019, §2.2).
+
+    The document's sentences are tokenized and cut to fit `[bos] + text + [eos]` in seq_len
+    (whole sentences, then the last one cut). The target is that original sequence; the source
+    is `add_noise` of the sentences (cut to seq_len, ending in eos, in the rare case that
+    0-length infilling spans make it longer). The decoder reads the target shifted right after
+    the decoder start token, eos, as the reference (fairseq, HF decoder_start_token_id = eos).
+    Everything random comes from a generator seeded by (seed, index), as in _SentencePairs.
+    """
+
+    def __init__(self, source, tokenizer: Tokenizer, text_key: str, seq_len: int, seed: int,
+                 noise: NoiseConfig):
+        self._source = source
+        self._tokenizer = tokenizer
+        self._text_key = text_key
+        self._seq_len = seq_len
+        self._seed = seed
+        self._noise = noise
+
+    def _sentences(self, document: int) -> list[np.ndarray]:
+        """Token ids of the document's sentences, at most seq_len - 2 tokens in all."""
+        budget = self._seq_len - 2  # bos, eos
+        sentences = []
+        for sentence in split_sentences(example_text(self._source[document], self._text_key)):
+            ids = self._tokenizer.encode(sentence)[:budget]
+            if ids:
+                sentences.append(np.asarray(ids, np.int32))
+            budget -= len(ids)
+            if budget == 0:
+                break
+        return sentences
+
+    def _pad(self, ids: np.ndarray) -> np.ndarray:
+        return np.pad(ids, (0, self._seq_len - ids.size),
+                      constant_values=self._tokenizer.pad_id).astype(np.int32)
+
+    def __call__(self, index: int, document: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self._seed, index])
+        tok = self._tokenizer
+        sentences = self._sentences(document)
+        noised = add_noise(sentences, rng, tok, self._noise)
+        if noised.size > self._seq_len:
+            noised = np.append(noised[:self._seq_len - 1], tok.eos_id)
+        target = np.concatenate([[tok.bos_id], *sentences, [tok.eos_id]]).astype(np.int32)
+        targets = self._pad(target)
+        positions = np.arange(self._seq_len)
+        return {
+            "inputs": self._pad(noised),
+            "input_mask": (positions < noised.size).astype(np.int32),
+            "decoder_inputs": np.concatenate([[tok.eos_id], targets[:-1]]).astype(np.int32),
+            "targets": targets,
+            "target_mask": (positions < target.size).astype(np.int32),
+        }
+
+
+def bart_denoising_dataset(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    split: str,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+    repeat: bool = True,
+) -> grain.IterDataset:
+    """BART denoising batches of `split` for one process (see _DenoisingPair); the noise is
+    config.noise (a `NoiseConfig`'s fields).
+
+    One row per document per epoch; processes read disjoint shards of documents as in
+    `lm_dataset`. A grain MapDataset up to batching, so the iterator is checkpointable and the
+    rows are determined by the config's seeds and the position in the stream.
+
+    Returns:
+      An IterDataset of dicts, int32 [local_batch, seq_len]: 'inputs' (the noised document),
+      'input_mask' (1 real, 0 padding), 'decoder_inputs' (eos + targets[:-1]), 'targets'
+      ([bos] + document + [eos], padded) and 'target_mask' (1 real target token, 0 padding).
+    """
+    batch_size = local_batch_size(config.data, process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
+    source = grain.MapDataset.source(open_source(config.data, split))[process_index::process_count]
+    if len(source) == 0:
+        raise ValueError(f"Split {split!r} has no documents for process {process_index} of "
+                         f"{process_count}; use a larger split.")
+    documents = grain.MapDataset.range(len(source))
+    if shuffle:
+        documents = documents.shuffle(seed=shuffle_seed(config))
+    if repeat:
+        documents = documents.repeat()
+    rows = documents.map_with_index(_DenoisingPair(
+        source, tokenizer, config.data.text_key, config.data.seq_len, shuffle_seed(config),
+        NoiseConfig(**config.noise.to_dict())))
     return rows.to_iter_dataset().batch(batch_size, drop_remainder=True)
 
 

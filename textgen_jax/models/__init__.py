@@ -13,6 +13,9 @@ from textgen_jax.models.layers import TransformerConfig
 from textgen_jax.models.xlm import Xlm
 
 ARCHITECTURES = {"gpt2": GPT2, "gpt": GPT, "bert": Bert, "xlm": Xlm, "bart": Bart}
+# Leaves of config.model that one architecture takes as extra constructor arguments.
+ARCHITECTURE_OPTIONS = {"xlm": ("num_languages", "sinusoidal_positions", "causal"),
+                        "bart": ("num_decoder_layers",)}
 
 
 def transformer_config(model_config: ml_collections.ConfigDict,
@@ -38,4 +41,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int):
     if model_config.arch not in ARCHITECTURES:
         raise ValueError(f"config.model.arch={model_config.arch!r} is not one of "
                          f"{sorted(ARCHITECTURES)}.")
-    return ARCHITECTURES[model_config.arch](transformer_config(model_config, vocab_size))
+    options = {name: model_config[name]
+               for name in ARCHITECTURE_OPTIONS.get(model_config.arch, ())}
+    return ARCHITECTURES[model_config.arch](transformer_config(model_config, vocab_size),
+                                            **options)

@@ -87,13 +87,16 @@ class _Stack(nn.Module):
 class Bart(nn.Module):
     """Encoder-decoder with shared, tied token embeddings; `encode` once, `decode` per step.
 
-    `num_decoder_layers` defaults to cfg.num_layers (the encoder's depth); `scale_embedding`
-    multiplies token embeddings by sqrt(d_model), off in BART's released configs.
+    `num_decoder_layers` (None or 0) defaults to cfg.num_layers (the encoder's depth);
+    `scale_embedding` multiplies token embeddings by sqrt(d_model), off in BART's released
+    configs.
     """
 
     cfg: TransformerConfig
     num_decoder_layers: int | None = None
     scale_embedding: bool = False
+    # decoding.sample is decoder-only; encoder-decoder decoding comes with the decoding issue.
+    can_generate = False
 
     def setup(self):
         cfg = self.cfg

@@ -13,9 +13,12 @@ from typing import Callable
 import ml_collections
 
 from textgen_jax import data
+from textgen_jax.data import multilingual
 from textgen_jax.config import ConfigError
 from textgen_jax.objectives.clm import causal_lm_loss, clm_loss_fn
-from textgen_jax.objectives.mlm import mlm_nsp_loss_fn
+from textgen_jax.objectives.denoising import denoising_loss_fn
+from textgen_jax.objectives.mlm import masked_lm_loss, mlm_nsp_loss_fn
+from textgen_jax.objectives.xlm import xlm_clm_loss_fn, xlm_mlm_loss_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +33,13 @@ DEFAULT_OBJECTIVE = {"gpt2": "clm"}
 DEFAULT_OBJECTIVE["gpt"] = "clm"
 OBJECTIVES["mlm_nsp"] = Objective("mlm_nsp", mlm_nsp_loss_fn, data.bert_pretraining_dataset)
 DEFAULT_OBJECTIVE["bert"] = "mlm_nsp"
+OBJECTIVES["denoising"] = Objective("denoising", denoising_loss_fn,
+                                   data.bart_denoising_dataset)
+DEFAULT_OBJECTIVE["bart"] = "denoising"
+OBJECTIVES["xlm_clm"] = Objective("xlm_clm", xlm_clm_loss_fn, multilingual.xlm_clm_dataset)
+OBJECTIVES["xlm_mlm"] = Objective("xlm_mlm", xlm_mlm_loss_fn, multilingual.xlm_mlm_dataset)
+OBJECTIVES["tlm"] = Objective("tlm", xlm_mlm_loss_fn, multilingual.tlm_dataset)
+DEFAULT_OBJECTIVE["xlm"] = "xlm_mlm"
 
 
 def objective_for(config: ml_collections.ConfigDict) -> Objective:
@@ -41,4 +51,5 @@ def objective_for(config: ml_collections.ConfigDict) -> Objective:
     return OBJECTIVES[name]
 
 
-__all__ = ["Objective", "causal_lm_loss", "clm_loss_fn", "mlm_nsp_loss_fn", "objective_for"]
+__all__ = ["Objective", "causal_lm_loss", "clm_loss_fn", "denoising_loss_fn", "masked_lm_loss",
+           "mlm_nsp_loss_fn", "objective_for", "xlm_clm_loss_fn", "xlm_mlm_loss_fn"]

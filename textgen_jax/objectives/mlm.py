@@ -1,4 +1,5 @@
-"""BERT pretraining (Devlin et al. 2019, §3.1): masked-LM plus next-sentence prediction."""
+"""Masked-LM losses: BERT pretraining (Devlin et al. 2019, §3.1), masked-LM plus next-sentence
+prediction, and the bare masked-LM loss it shares with XLM."""
 
 from __future__ import annotations
 
@@ -6,6 +7,16 @@ import jax
 import jax.numpy as jnp
 
 from textgen_jax.objectives.clm import cross_entropy_sums
+
+
+def masked_lm_loss(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Cross-entropy sums over the predicted tokens only.
+
+    logits [batch, length, vocab] float32; labels [batch, length] (the original id where a
+    token is predicted, -1 elsewhere). Returns {'loss', 'correct', 'tokens'} sums.
+    """
+    weights = (labels >= 0).astype(jnp.float32)
+    return cross_entropy_sums(logits, jnp.maximum(labels, 0), weights)
 
 
 def mlm_nsp_loss(mlm_logits: jax.Array, nsp_logits: jax.Array, mlm_labels: jax.Array,
@@ -18,8 +29,7 @@ def mlm_nsp_loss(mlm_logits: jax.Array, nsp_logits: jax.Array, mlm_labels: jax.A
     the loop's division by 'tokens' gives the sum of the two means; 'nsp_loss' and
     'nsp_correct' are sums over the 'nsp_examples' examples.
     """
-    weights = (mlm_labels >= 0).astype(jnp.float32)
-    sums = cross_entropy_sums(mlm_logits, jnp.maximum(mlm_labels, 0), weights)
+    sums = masked_lm_loss(mlm_logits, mlm_labels)
     nsp = cross_entropy_sums(nsp_logits, nsp_labels, jnp.ones(nsp_labels.shape, jnp.float32))
     examples = nsp["tokens"]
     sums["loss"] = sums["loss"] + nsp["loss"] / jnp.maximum(examples, 1.0) * sums["tokens"]

@@ -1,0 +1,56 @@
+"""Fill-mask: the most likely tokens at each <mask> of a text, for models with an MLM head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _mlm_logits(loaded, ids: list[int], language: str) -> jax.Array:
+    """float32 [len(ids) + 2, vocab] logits of the text framed by one token on each side, as
+    the architecture was trained."""
+    tok, config = loaded.tokenizer, loaded.config
+    arch = config.model.arch
+    if arch == "bert":  # [CLS] text [SEP], segment A (§3.1)
+        inputs = jnp.asarray([[tok.cls_id, *ids, tok.sep_id]], jnp.int32)
+        out = loaded.model.apply({"params": loaded.params}, inputs, jnp.zeros_like(inputs))
+        return out["mlm_logits"][0]
+    if arch == "xlm" and not config.model.causal:  # </s> text </s>, tagged with its language
+        languages = tuple(config.data.languages) or ("",)
+        if language and language not in languages:
+            raise ValueError(f"language={language!r} is not one of the model's languages "
+                             f"{languages} (config.data.languages).")
+        language_id = languages.index(language) if language else 0
+        inputs = jnp.asarray([[tok.eos_id, *ids, tok.eos_id]], jnp.int32)
+        logits = loaded.model.apply({"params": loaded.params}, inputs,
+                                    jnp.full_like(inputs, language_id))
+        return logits[0]
+    raise ValueError(f"config.model.arch={arch!r} (causal={config.model.causal}) has no "
+                     "masked-LM head; fill-mask needs a bert or a non-causal xlm model.")
+
+
+def fill_mask(loaded, text: str, top_k: int = 5,
+              language: str = "") -> list[list[tuple[str, float]]]:
+    """For each '<mask>' of `text`, in order, the top_k (token text, probability) fillers.
+
+    `loaded` is a `textgen_jax.load` result; `language` picks an XLM model's language ('' =
+    its first). Raises ValueError when the text has no <mask> or the model no MLM head.
+    """
+    tok = loaded.tokenizer
+    ids = tok.encode(text)
+    if tok.mask_id not in ids:
+        raise ValueError(f"The text {text!r} has no <mask>; write <mask> where a token is "
+                         "to be filled in.")
+    max_len = loaded.config.model.max_len - 2
+    if len(ids) > max_len:
+        raise ValueError(f"The text is {len(ids)} tokens, more than the model's {max_len} "
+                         "(config.model.max_len minus 2 for the framing tokens).")
+    logits = _mlm_logits(loaded, ids, language)
+    probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+    fillers = []
+    for position in np.flatnonzero(np.asarray(ids) == tok.mask_id):
+        row = probabilities[position + 1]  # after the opening framing token
+        best = np.argsort(-row)[:top_k]
+        fillers.append([(tok.decode([int(i)]), float(row[i])) for i in best])
+    return fillers

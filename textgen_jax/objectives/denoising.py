@@ -1,0 +1,24 @@
+"""BART pretraining (Lewis et al. 2019, §2.2): reconstruct the original document from its noised
+version, a token cross-entropy over the decoder's outputs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from textgen_jax.objectives.clm import cross_entropy_sums
+
+
+def denoising_loss_fn(model, params, batch: dict[str, jax.Array], rng: jax.Array | None,
+                      deterministic: bool) -> dict[str, jax.Array]:
+    """The loop's view of the objective: sums over a `bart_denoising_dataset` batch.
+
+    Returns {'loss', 'correct', 'tokens'} summed over the real target tokens ([bos] + document
+    + [eos]), so 'accuracy' is the reconstruction token accuracy.
+    """
+    rngs = None if deterministic else {"dropout": rng}
+    logits = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
+                         batch["input_mask"], batch["target_mask"],
+                         deterministic=deterministic, rngs=rngs)
+    return cross_entropy_sums(logits, batch["targets"],
+                              batch["target_mask"].astype(jnp.float32))
