@@ -1,5 +1,6 @@
-"""1 device vs 8 simulated devices (data=2, fsdp=2, tensor=2): same losses, right shardings,
-and a checkpoint written on 8 devices restores in a fresh 1-device process."""
+"""1 device vs 8 simulated devices (data=2, fsdp=2, tensor=2), for every architecture: same
+losses, right shardings, and a checkpoint written on 8 devices restores in a fresh 1-device
+process."""
 
 from __future__ import annotations
 
@@ -17,19 +18,22 @@ FLAGS = (f"--config.train.num_steps={STEPS}", "--config.train.log_every=1",
 MESH_2X2X2 = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_eight_devices_match_one_device_and_restore_on_one(tmp_path, tiny_run, accum):
+@pytest.mark.parametrize("config, accum", [
+    ("configs/gpt2.py:tiny", 1), ("configs/gpt2.py:tiny", 2), ("configs/gpt.py:tiny", 1),
+    ("configs/bert.py:tiny", 1), ("configs/xlm.py:tiny", 1), ("configs/bart.py:tiny", 1),
+])
+def test_eight_devices_match_one_device_and_restore_on_one(tmp_path, tiny_run, config, accum):
     accum_flag = f"--config.optim.grad_accum_steps={accum}"
     one = tmp_path / "one_device"
     eight = tmp_path / "eight_devices"
-    tiny_run(one, *FLAGS, accum_flag)
-    tiny_run(eight, *FLAGS, accum_flag, *MESH_2X2X2, num_devices=8)
+    tiny_run(one, *FLAGS, accum_flag, config=config)
+    tiny_run(eight, *FLAGS, accum_flag, *MESH_2X2X2, num_devices=8, config=config)
 
     losses_one, losses_eight = read_metrics(one), read_metrics(eight)
     assert sorted(losses_one) == sorted(losses_eight) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert losses_eight[step]["loss"] == pytest.approx(losses_one[step]["loss"], rel=1e-5)
-    assert losses_one[STEPS]["loss"] < losses_one[1]["loss"] - 0.3  # it did learn
+    assert losses_one[STEPS]["loss"] < losses_one[1]["loss"] - 0.05  # it did learn
 
     # The 8-device checkpoint, restored by textgen_jax.load in a fresh 1-device process.
     evaluated = tiny_run(eight, command="eval", num_devices=1)
