@@ -23,7 +23,7 @@ from eos, as the reference. Any leaf can be overridden: --config.noise.infill_ra
 
 import ml_collections
 
-from textgen_jax.config import base_config
+from textgen_jax.config import base_config, cpu_tiny, paper_size
 
 _PAPER_SIZES = {  # num_layers (each stack), d_model, num_heads
     "base": (6, 768, 12),
@@ -43,43 +43,16 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     config.optim.weight_decay = 0.01
     config.sample.prompts = ()  # encoder-decoder sampling is not supported yet
     if preset == "tiny":
+        cpu_tiny(config)
         config.model.num_layers = 3
-        config.model.d_model = 256
-        config.model.num_heads = 4
-        config.model.d_ff = 1024
-        config.model.max_len = 256
-        config.data.seq_len = 128
-        config.data.global_batch_size = 16
-        config.model.dtype = "bfloat16"
-        config.tokenizer.vocab_size = 8192
-        config.optim.lr = 1e-3
-        config.optim.warmup_steps = 50
-        config.train.num_steps = 800
-        config.train.log_every = 20
-        config.train.eval_every = 200
-        config.train.checkpoint_every = 200
     elif preset in _PAPER_SIZES:
-        layers, d_model, heads = _PAPER_SIZES[preset]
-        config.model.num_layers = layers
-        config.model.d_model = d_model
-        config.model.num_heads = heads
-        config.model.d_ff = 4 * d_model
-        config.model.max_len = 1024
-        config.model.vocab_size = 50265
-        config.model.dropout = 0.1
-        config.model.attention_dropout = 0.1
-        config.model.dtype = "bfloat16"
-        config.tokenizer.vocab_size = 50265
-        config.tokenizer.max_train_chars = 200_000_000
+        paper_size(config, *_PAPER_SIZES[preset], max_len=1024)
+        config.model.vocab_size = config.tokenizer.vocab_size = 50265
         config.data.seq_len = 512
         config.data.global_batch_size = 256
         config.optim.lr = 4e-4
         config.optim.warmup_steps = 10_000
         config.train.num_steps = 500_000
-        config.train.log_every = 100
-        config.train.eval_every = 2000
-        config.train.eval_batches = 50
-        config.train.checkpoint_every = 2000
     else:
         raise ValueError(f"unknown bart preset {preset!r}: use tiny, {', '.join(_PAPER_SIZES)}.")
     return config

@@ -17,7 +17,7 @@ Hugging Face checkpoint brings its own. Any leaf can be overridden: --config.opt
 
 import ml_collections
 
-from textgen_jax.config import base_config
+from textgen_jax.config import base_config, cpu_tiny, paper_size
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
@@ -26,36 +26,15 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     # The original code's tanh GELU (Hugging Face's OpenAIGPT afn='gelu' is this one too).
     config.model.activation = "gelu_tanh"
     if preset == "tiny":
-        config.model.num_layers = 4
-        config.model.d_model = 256
-        config.model.num_heads = 4
-        config.model.d_ff = 1024
-        config.model.max_len = 256
-        config.data.seq_len = 128
-        config.data.global_batch_size = 16
-        config.model.dtype = "bfloat16"
-        config.tokenizer.vocab_size = 8192
+        cpu_tiny(config)
         # Post-LN stalls (validation loss ~6.6 from step 200 to 400) at GPT-2 tiny's lr 1e-3 with
         # 50 warmup steps; at step 200, lr 5e-4 reached 6.17 and 2.5e-4 6.38 (100 warmup steps).
         config.optim.lr = 5e-4
         config.optim.warmup_steps = 100
-        config.train.num_steps = 800
-        config.train.log_every = 20
-        config.train.eval_every = 200
-        config.train.checkpoint_every = 200
     elif preset == "base":
-        config.model.num_layers = 12
-        config.model.d_model = 768
-        config.model.num_heads = 12
-        config.model.d_ff = 3072
-        config.model.max_len = 512
-        config.model.vocab_size = 40478
         # §4.1: residual, embedding and attention dropout 0.1.
-        config.model.dropout = 0.1
-        config.model.attention_dropout = 0.1
-        config.model.dtype = "bfloat16"
-        config.tokenizer.vocab_size = 40478
-        config.tokenizer.max_train_chars = 200_000_000
+        paper_size(config, num_layers=12, d_model=768, num_heads=12, max_len=512)
+        config.model.vocab_size = config.tokenizer.vocab_size = 40478
         config.data.seq_len = 512
         config.data.global_batch_size = 64
         # §4.1: Adam, max lr 2.5e-4, linear warmup over 2000 updates, cosine annealing to 0,
@@ -69,10 +48,6 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
         config.optim.b2 = 0.999
         config.optim.weight_decay = 0.01
         config.train.num_steps = 1_000_000
-        config.train.log_every = 100
-        config.train.eval_every = 2000
-        config.train.eval_batches = 50
-        config.train.checkpoint_every = 2000
     else:
         raise ValueError(f"unknown gpt preset {preset!r}: use tiny or base.")
     return config

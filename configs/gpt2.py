@@ -18,7 +18,7 @@ Hugging Face checkpoint brings its own. Any leaf can be overridden: --config.opt
 
 import ml_collections
 
-from textgen_jax.config import base_config
+from textgen_jax.config import base_config, cpu_tiny, paper_size
 
 _PAPER_SIZES = {  # num_layers, d_model, num_heads
     "small": (12, 768, 12),
@@ -32,43 +32,15 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     config = base_config()
     config.model.arch = "gpt2"
     if preset == "tiny":
-        config.model.num_layers = 4
-        config.model.d_model = 256
-        config.model.num_heads = 4
-        config.model.d_ff = 1024
-        config.model.max_len = 256
-        config.data.seq_len = 128
-        config.data.global_batch_size = 16
-        config.model.dtype = "bfloat16"  # 1.7x float32's speed on CPU (bench/)
-        config.tokenizer.vocab_size = 8192
-        config.optim.lr = 1e-3
-        config.optim.warmup_steps = 50
-        config.train.num_steps = 800
-        config.train.log_every = 20
-        config.train.eval_every = 200
-        config.train.checkpoint_every = 200
+        cpu_tiny(config)
     elif preset in _PAPER_SIZES:
-        layers, d_model, heads = _PAPER_SIZES[preset]
-        config.model.num_layers = layers
-        config.model.d_model = d_model
-        config.model.num_heads = heads
-        config.model.d_ff = 4 * d_model
-        config.model.max_len = 1024
-        config.model.vocab_size = 50257
-        config.model.dropout = 0.1
-        config.model.attention_dropout = 0.1
-        config.model.dtype = "bfloat16"
-        config.tokenizer.vocab_size = 50257
-        config.tokenizer.max_train_chars = 200_000_000
+        paper_size(config, *_PAPER_SIZES[preset], max_len=1024)
+        config.model.vocab_size = config.tokenizer.vocab_size = 50257
         config.data.seq_len = 1024
         config.data.global_batch_size = 512
         config.optim.lr = 6e-4 if preset == "small" else 3e-4
         config.optim.warmup_steps = 2000
         config.train.num_steps = 600_000
-        config.train.log_every = 100
-        config.train.eval_every = 2000
-        config.train.eval_batches = 50
-        config.train.checkpoint_every = 2000
     else:
         raise ValueError(f"unknown gpt2 preset {preset!r}: use tiny, {', '.join(_PAPER_SIZES)}.")
     return config

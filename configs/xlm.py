@@ -34,7 +34,7 @@ are unmeasured here. Any leaf can be overridden: --config.optim.lr=5e-4.
 
 import ml_collections
 
-from textgen_jax.config import base_config
+from textgen_jax.config import base_config, cpu_tiny, paper_size
 
 _PAPER_SIZES = {  # num_layers, d_model, num_heads
     "enfr_1024": (6, 1024, 8),
@@ -52,37 +52,15 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     config.optim.weight_decay = 0.01
     config.sample.prompts = ()  # trained as a masked LM: nothing to sample
     if preset == "tiny":
-        config.model.num_layers = 4
-        config.model.d_model = 256
-        config.model.num_heads = 4
-        config.model.d_ff = 1024  # XLM's 4 * d_model
-        config.model.max_len = 256
-        config.model.dtype = "bfloat16"
+        cpu_tiny(config)  # its ffn 1024 is XLM's 4 * d_model
         config.data.dataset = "stdlib_docstrings/pairs"
         config.data.text_key = "text"  # the docstring: what the tokenizer is trained on
         config.data.languages = ("en", "code")
         config.data.language_features = ("docstring", "code")
         config.model.num_languages = 2
         config.tokenizer.languages = ("en", "code")
-        config.data.seq_len = 128
-        config.data.global_batch_size = 16
-        config.tokenizer.vocab_size = 8192
-        config.optim.lr = 1e-3
-        config.optim.warmup_steps = 50
-        config.train.num_steps = 800
-        config.train.log_every = 20
-        config.train.eval_every = 200
-        config.train.checkpoint_every = 200
     elif preset in _PAPER_SIZES:
-        layers, d_model, heads = _PAPER_SIZES[preset]
-        config.model.num_layers = layers
-        config.model.d_model = d_model
-        config.model.num_heads = heads
-        config.model.d_ff = 4 * d_model
-        config.model.max_len = 512
-        config.model.dropout = 0.1
-        config.model.attention_dropout = 0.1
-        config.model.dtype = "bfloat16"
+        paper_size(config, *_PAPER_SIZES[preset], max_len=512)
         if preset == "enfr_1024":
             config.data.dataset = "wmt14_translate/fr-en"
             config.data.text_key = "en"
@@ -94,16 +72,11 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
             config.data.languages = ("en",)
             config.data.language_features = ("text",)
         config.tokenizer.vocab_size = 32_000
-        config.tokenizer.max_train_chars = 200_000_000
         config.data.seq_len = 256  # §3.2: streams of 256 tokens
         config.data.global_batch_size = 64
         config.optim.lr = 1e-4
         config.optim.warmup_steps = 4000
         config.train.num_steps = 500_000
-        config.train.log_every = 100
-        config.train.eval_every = 2000
-        config.train.eval_batches = 50
-        config.train.checkpoint_every = 2000
     else:
         raise ValueError(f"unknown xlm preset {preset!r}: use tiny, {', '.join(_PAPER_SIZES)}.")
     return config
