@@ -22,7 +22,8 @@ import numpy as np
 
 from textgen_jax.config import ConfigError
 from textgen_jax.data.masking import IGNORE_LABEL, mask_tokens, special_ids
-from textgen_jax.data.pipeline import local_batch_size, packed_lm_rows, shuffle_seed
+from textgen_jax.data.pipeline import (epochs, local_batch_size, packed_lm_rows, process_shard,
+                                       shuffle_seed)
 from textgen_jax.data.sources import example_text, open_source
 from textgen_jax.data.tokenizer import Tokenizer
 
@@ -211,8 +212,6 @@ def tlm_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, split: 
         raise ConfigError(f"config.objective='tlm' pairs two languages; config.data.languages="
                           f"{tuple(config.data.languages)} has {len(config.data.languages)}.")
     batch_size = local_batch_size(config.data, process_count)
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
     features = tuple(config.data.language_features)
     parallel = _with_feature(config, config.data.parallel_dataset or config.data.dataset,
                              features[0])
@@ -221,11 +220,8 @@ def tlm_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, split: 
     if missing:
         raise ValueError(f"config.data.language_features={features}: {missing} not features of "
                          f"{parallel.data.dataset!r}; its features are {sorted(source[0])}.")
-    examples = grain.MapDataset.source(source)[process_index::process_count]
-    if shuffle:
-        examples = examples.shuffle(seed=shuffle_seed(config))
-    if repeat:
-        examples = examples.repeat()
+    examples = epochs(process_shard(source, process_index, process_count), config, shuffle,
+                      repeat)
     rows = examples.map_with_index(_TranslationPair(tokenizer, features, config.data.seq_len,
                                                     shuffle_seed(config)))
     return rows.to_iter_dataset().batch(batch_size, drop_remainder=True)

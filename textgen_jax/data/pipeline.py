@@ -61,6 +61,25 @@ def shuffle_seed(config: ml_collections.ConfigDict) -> int:
         [config.seed, config.data.shuffle_buffer_seed]).generate_state(1)[0])
 
 
+def process_shard(source: Any, process_index: int, process_count: int) -> grain.MapDataset:
+    """This process's examples of `source`: process_index, process_index + process_count, ...
+    so the processes' shards are disjoint and together cover it."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
+    return grain.MapDataset.source(source)[process_index::process_count]
+
+
+def epochs(dataset: grain.MapDataset, config: ml_collections.ConfigDict, shuffle: bool,
+           repeat: bool) -> grain.MapDataset:
+    """`dataset` in a new order each epoch (deterministic from the config's seeds) when
+    `shuffle`, repeated forever when `repeat`."""
+    if shuffle:
+        dataset = dataset.shuffle(seed=shuffle_seed(config))
+    if repeat:
+        dataset = dataset.repeat()  # reseeds the shuffle each epoch
+    return dataset
+
+
 def lm_dataset(
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
@@ -107,18 +126,13 @@ def packed_lm_rows(
       An IterDataset of dicts {'inputs', 'segment_ids', 'positions'}: int32
       [config.data.seq_len].
     """
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
     source = open_source(config.data, split)
     if len(source) < process_count:
         raise ValueError(f"Split {split!r} has {len(source)} documents, fewer than the "
                          f"{process_count} processes that share it; use a larger split.")
 
-    documents = grain.MapDataset.source(source)[process_index::process_count]
-    if shuffle:
-        documents = documents.shuffle(seed=shuffle_seed(config))
-    if repeat:
-        documents = documents.repeat()  # reseeds the shuffle each epoch
+    documents = epochs(process_shard(source, process_index, process_count), config, shuffle,
+                       repeat)
     token_ids = documents.map(_TokenizeDocument(tokenizer, config.data.text_key))
     rows = token_ids.to_iter_dataset()
     if config.data.worker_count > 0:
@@ -235,18 +249,12 @@ def bert_pretraining_dataset(
       [local_batch] (0 = B follows A, 1 = B is random).
     """
     batch_size = local_batch_size(config.data, process_count)
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
-    source = grain.MapDataset.source(open_source(config.data, split))[process_index::process_count]
+    source = process_shard(open_source(config.data, split), process_index, process_count)
     if len(source) < 2:
         raise ValueError(f"Split {split!r} leaves {len(source)} documents to process "
                          f"{process_index} of {process_count}; next-sentence prediction needs "
                          "at least 2 per process. Use a larger split.")
-    documents = grain.MapDataset.range(len(source))
-    if shuffle:
-        documents = documents.shuffle(seed=shuffle_seed(config))
-    if repeat:
-        documents = documents.repeat()
+    documents = epochs(grain.MapDataset.range(len(source)), config, shuffle, repeat)
     rows = documents.map_with_index(_SentencePairs(
         source, tokenizer, config.data.text_key, config.data.seq_len, shuffle_seed(config)))
     return rows.to_iter_dataset().batch(batch_size, drop_remainder=True)
@@ -331,17 +339,11 @@ def bart_denoising_dataset(
       ([bos] + document + [eos], padded) and 'target_mask' (1 real target token, 0 padding).
     """
     batch_size = local_batch_size(config.data, process_count)
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
-    source = grain.MapDataset.source(open_source(config.data, split))[process_index::process_count]
+    source = process_shard(open_source(config.data, split), process_index, process_count)
     if len(source) == 0:
         raise ValueError(f"Split {split!r} has no documents for process {process_index} of "
                          f"{process_count}; use a larger split.")
-    documents = grain.MapDataset.range(len(source))
-    if shuffle:
-        documents = documents.shuffle(seed=shuffle_seed(config))
-    if repeat:
-        documents = documents.repeat()
+    documents = epochs(grain.MapDataset.range(len(source)), config, shuffle, repeat)
     rows = documents.map_with_index(_DenoisingPair(
         source, tokenizer, config.data.text_key, config.data.seq_len, shuffle_seed(config),
         NoiseConfig(**config.noise.to_dict())))
