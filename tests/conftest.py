@@ -20,9 +20,11 @@ def stdlib_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def stdlib_tokenizer(stdlib_data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    """A small BPE tokenizer trained on the stdlib corpus (a fraction of it, for speed)."""
+    """A small BPE tokenizer trained on the stdlib corpus (a fraction of it, for speed), with
+    the language tags of the XLM tiny preset."""
     config = base_config()
     config.data.data_dir = stdlib_data_dir
+    config.tokenizer.languages = ("en", "code")
     config.tokenizer.vocab_size = 1000
     config.tokenizer.max_train_chars = 300_000
     return load_or_train_tokenizer(tmp_path_factory.mktemp("workdir"), config)

@@ -76,7 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer.kind = "bpe"  # bpe | unigram
     c.tokenizer.vocab_size = 8192
     c.tokenizer.max_train_chars = 20_000_000
-    c.tokenizer.languages = ()  # language tags reserved as <lang:xx>
+    c.tokenizer.languages = ()  # language tags reserved as <lang:xx>; must hold data.languages
+    # An existing sentencepiece .model to use instead of training one ('' = train). It needs
+    # pad, unk, bos and eos ids, and the pieces its objective uses ('<mask>' for MLM).
+    c.tokenizer.model_file = ""
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 3e-4
@@ -135,6 +138,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.optim.grad_accum_steps={o.grad_accum_steps} must be >= 1.")
     if config.tokenizer.kind not in ("bpe", "unigram"):
         raise ConfigError(f"config.tokenizer.kind={config.tokenizer.kind!r}: use bpe or unigram.")
+    unreserved = [lang for lang in d.languages if lang not in config.tokenizer.languages]
+    if unreserved:
+        raise ConfigError(
+            f"config.data.languages={tuple(d.languages)} names {unreserved}, missing from "
+            f"config.tokenizer.languages={tuple(config.tokenizer.languages)}: the shared "
+            f"vocabulary reserves a tag for each language; add {unreserved} to "
+            "config.tokenizer.languages.")
     if not d.dataset and not d.files:
         raise ConfigError("config.data.dataset is '' and config.data.files is '': name one.")
     for axis in ("data", "fsdp", "tensor"):

@@ -87,6 +87,69 @@ def test_load_or_train_reuses_the_saved_model(stdlib_data_dir, tmp_path):
 
 
 def test_other_processes_wait_for_process_0(tmp_path):
-    with pytest.raises(TimeoutError, match="process 0 trains"):
+    with pytest.raises(TimeoutError, match="process 0 writes"):
         load_or_train_tokenizer(tmp_path, base_config(), process_index=1, process_count=2,
                                 timeout_s=0.0)
+
+
+def _pairs_config(data_dir: str, languages: tuple[str, ...] = (),
+                  features: tuple[str, ...] = ()):
+    config = base_config()
+    config.data.data_dir = data_dir
+    config.data.dataset = "stdlib_docstrings/pairs"
+    config.data.languages = config.tokenizer.languages = languages
+    config.data.language_features = features
+    config.tokenizer.vocab_size = 800
+    config.tokenizer.max_train_chars = 200_000
+    return config
+
+
+def test_a_multilingual_vocabulary_is_trained_on_every_language(stdlib_data_dir, tmp_path):
+    docstrings_only = load_or_train_tokenizer(tmp_path / "en", _pairs_config(stdlib_data_dir))
+    shared = load_or_train_tokenizer(tmp_path / "shared", _pairs_config(
+        stdlib_data_dir, ("en", "code"), ("docstring", "code")))
+    source = prepared_stdlib_docstrings("pairs", stdlib_data_dir).as_data_source("validation")
+    code = list(texts(source, "code"))[:300]
+    docstrings = list(texts(source, "docstring"))[:300]
+
+    def tokens(tokenizer, corpus):
+        return sum(len(tokenizer.encode(text)) for text in corpus)
+
+    # Code is a language of the shared vocabulary: it takes fewer tokens (0.88x when written)
+    # than with a vocabulary of docstrings alone, while docstrings lose little (1.02x).
+    assert tokens(shared, code) < 0.92 * tokens(docstrings_only, code)
+    assert tokens(shared, docstrings) < 1.1 * tokens(docstrings_only, docstrings)
+    assert shared.has_piece("<lang:code>") and not docstrings_only.has_piece("<lang:code>")
+
+
+def test_model_file_is_copied_into_the_workdir_and_must_not_change(stdlib_tokenizer, tmp_path):
+    model_file = tmp_path / "mine.model"
+    stdlib_tokenizer.save(model_file)
+    config = base_config()
+    config.data.dataset = "no_such_dataset"  # never read: nothing is trained
+    config.tokenizer.model_file = str(model_file)
+    workdir = tmp_path / "run"
+    loaded = load_or_train_tokenizer(workdir, config)
+    assert (workdir / TOKENIZER_FILENAME).read_bytes() == model_file.read_bytes()
+    assert loaded.encode("Return the list.") == stdlib_tokenizer.encode("Return the list.")
+    assert load_or_train_tokenizer(workdir, config).vocab_size == stdlib_tokenizer.vocab_size
+    other = tmp_path / "other.model"
+    other.write_bytes(b"x" + model_file.read_bytes())
+    config.tokenizer.model_file = str(other)
+    with pytest.raises(ValueError, match="model_file=.*other.model.*differs.*new --workdir"):
+        load_or_train_tokenizer(workdir, config)
+    config.tokenizer.model_file = str(tmp_path / "missing.model")
+    with pytest.raises(FileNotFoundError, match="missing.model"):
+        load_or_train_tokenizer(tmp_path / "run2", config)
+
+
+def test_a_model_without_a_pad_id_is_refused(tmp_path):
+    import io
+
+    import sentencepiece as spm
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["Return the list of names.", "Open the file and read it."] * 50),
+        model_writer=model, model_type="bpe", vocab_size=60, minloglevel=2)  # pad_id=-1
+    with pytest.raises(ValueError, match="no pad piece.*--pad_id"):
+        Tokenizer(model.getvalue())

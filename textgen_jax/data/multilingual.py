@@ -215,11 +215,15 @@ def tlm_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, split: 
     features = tuple(config.data.language_features)
     parallel = _with_feature(config, config.data.parallel_dataset or config.data.dataset,
                              features[0])
-    source = open_source(parallel.data, split)
+    source = open_source(parallel.data, split, check_text_key=False)
     missing = [f for f in features if f not in source[0]]
     if missing:
-        raise ValueError(f"config.data.language_features={features}: {missing} not features of "
-                         f"{parallel.data.dataset!r}; its features are {sorted(source[0])}.")
+        raise ConfigError(
+            f"config.objective='tlm' needs parallel data: examples holding both "
+            f"config.data.language_features={features}, but {missing} are not features of "
+            f"{parallel.data.dataset!r} (it has {sorted(source[0])}). Set "
+            "config.data.parallel_dataset to a translation dataset (e.g. wmt14_translate/de-en "
+            "with language_features=('de', 'en')), or train with xlm_mlm on monolingual text.")
     examples = epochs(process_shard(source, process_index, process_count), config, shuffle,
                       repeat)
     rows = examples.map_with_index(_TranslationPair(tokenizer, features, config.data.seq_len,

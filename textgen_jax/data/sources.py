@@ -55,8 +55,12 @@ def _check_split(builder: tfds.core.DatasetBuilder, split: str, name: str) -> No
                              f"{available}. Set config.data.train_split / eval_split.")
 
 
-def open_source(data_config: ml_collections.ConfigDict, split: str) -> Sequence[Mapping[str, Any]]:
+def open_source(data_config: ml_collections.ConfigDict, split: str, *,
+                check_text_key: bool = True) -> Sequence[Mapping[str, Any]]:
     """The random-access source of `split` for `data_config` (config.data).
+
+    Raises ValueError when its examples lack data_config.text_key, unless `check_text_key` is
+    False (for callers that read other features and check those).
 
     `data_config.files` set: the `TextFiles` dataset of those files. Otherwise
     `data_config.dataset` names the embedded corpus ('stdlib_docstrings/documents' or '/pairs')
@@ -72,7 +76,7 @@ def open_source(data_config: ml_collections.ConfigDict, split: str) -> Sequence[
         builder = _tfds_builder(name, data_dir)
     _check_split(builder, split, name)
     features = list(builder.info.features.keys())
-    if data_config.text_key not in features:
+    if check_text_key and data_config.text_key not in features:
         raise ValueError(f"config.data.text_key={data_config.text_key!r} is not a feature of "
                          f"{name!r}; its features are {features}.")
     return builder.as_data_source(split)

@@ -42,10 +42,17 @@ class Tokenizer:
     def __init__(self, model_proto: bytes):
         self._model_proto = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        for symbol in (*DEFAULT_SPECIAL_SYMBOLS, NEWLINE):
-            if self._sp.piece_to_id(symbol) == self.unk_id:
-                raise ValueError(f"The tokenizer model has no {symbol!r} symbol; it was not "
-                                 "trained by train_tokenizer. Delete it to retrain.")
+        for name in ("pad", "unk", "bos", "eos"):
+            if getattr(self._sp, f"{name}_id")() < 0:
+                raise ValueError(
+                    f"The sentencepiece model has no {name} piece ({name}_id=-1); the pipelines "
+                    f"pad rows and wrap texts with pad, bos and eos. Train it with --{name}_id "
+                    "set, or let textgen-jax train one (config.tokenizer.model_file='').")
+
+    def has_piece(self, piece: str) -> bool:
+        """Whether `piece` (e.g. '<mask>', '<lang:en>') is in the vocabulary."""
+        return piece == self._sp.id_to_piece(self.unk_id) or (
+            self._sp.piece_to_id(piece) != self.unk_id)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -91,6 +98,9 @@ class Tokenizer:
     def eos_id(self) -> int:
         return self._sp.eos_id()
 
+    # The ids of the stack's own symbols. A model that lacks one (one not trained by
+    # train_tokenizer) gives the unk id: objectives check `has_piece` before they use them
+    # (textgen_jax.objectives.Objective.check_vocabulary).
     @property
     def mask_id(self) -> int:
         return self._sp.piece_to_id("<mask>")
@@ -186,13 +196,21 @@ def load_or_train_tokenizer(
     process_count: int = 1,
     timeout_s: float = 3600.0,
 ) -> Tokenizer:
-    """The tokenizer at `workdir/tokenizer.model`, trained on the training split if missing.
+    """The tokenizer at `workdir/tokenizer.model`, made by process 0 if missing.
 
-    Only process 0 trains; the others wait (up to `timeout_s`) for the file to appear, which
-    assumes a workdir shared by all processes.
+    Process 0 copies config.tokenizer.model_file there, or trains a tokenizer on the training
+    split: on every language's feature when config.data.languages is set (one vocabulary
+    shared by all languages), else on config.data.text_key. The other processes wait (up to
+    `timeout_s`) for the file to appear, which assumes a workdir shared by all processes.
     """
     path = Path(workdir) / TOKENIZER_FILENAME
+    model_file = config.tokenizer.model_file
     if path.exists():
+        if model_file and Path(model_file).read_bytes() != path.read_bytes():
+            raise ValueError(
+                f"config.tokenizer.model_file={model_file!r} differs from {path}, the tokenizer "
+                "this workdir was started with; use a new --workdir, or delete the workdir's "
+                "tokenizer.model (and its checkpoints, whose ids it defines).")
         return Tokenizer.load(path)
     if process_index != 0:
         deadline = time.monotonic() + timeout_s
@@ -200,19 +218,43 @@ def load_or_train_tokenizer(
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"Process {process_index}/{process_count} waited {timeout_s:.0f}s for "
-                    f"{path}, which process 0 trains; is the workdir shared by all hosts?")
+                    f"{path}, which process 0 writes; is the workdir shared by all hosts?")
             time.sleep(1.0)
         return Tokenizer.load(path)
-    # Imported here: sources pulls in TFDS, which loading an existing tokenizer never needs.
-    from textgen_jax.data.sources import open_source, texts
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = open_source(config.data, config.data.train_split)
+    if model_file:
+        if not Path(model_file).is_file():
+            raise FileNotFoundError(f"config.tokenizer.model_file={model_file!r} does not exist; "
+                                    "give a sentencepiece .model file, or '' to train one.")
+        tokenizer = Tokenizer.load(model_file)
+        tokenizer.save(path)
+        return tokenizer
     return train_tokenizer(
-        texts(source, config.data.text_key),
+        _training_texts(config),
         path,
         kind=config.tokenizer.kind,
         vocab_size=config.tokenizer.vocab_size,
         languages=tuple(config.tokenizer.languages),
         max_chars=config.tokenizer.max_train_chars,
     )
+
+
+def _training_texts(config: ml_collections.ConfigDict) -> Iterator[str]:
+    """The training split's texts; with languages, theirs in turn, one example of each.
+
+    Taking the languages in turn gives each about the same number of training texts, where
+    XLM (§3.4) samples them with q_i ∝ p_i^0.5; on equal-sized languages the two agree.
+    """
+    # Imported here: sources pulls in TFDS, which loading an existing tokenizer never needs.
+    from textgen_jax.data.sources import open_source, texts
+
+    source = open_source(config.data, config.data.train_split)
+    features = tuple(config.data.language_features) or (config.data.text_key,)
+    streams = [texts(source, feature) for feature in features]
+    while streams:
+        for stream in list(streams):
+            text = next(stream, None)
+            if text is None:
+                streams.remove(stream)
+            else:
+                yield text

@@ -38,6 +38,9 @@ def fill_mask(loaded, text: str, top_k: int = 5,
     its first). Raises ValueError when the text has no <mask> or the model no MLM head.
     """
     tok = loaded.tokenizer
+    if not tok.has_piece("<mask>"):
+        raise ValueError("The model's tokenizer has no '<mask>' piece, so no text can mark a "
+                         "token to fill in; fill-mask needs a model trained with masked LM.")
     ids = tok.encode(text)
     if tok.mask_id not in ids:
         raise ValueError(f"The text {text!r} has no <mask>; write <mask> where a token is "

@@ -15,6 +15,7 @@ import ml_collections
 from textgen_jax import data
 from textgen_jax.data import multilingual
 from textgen_jax.config import ConfigError
+from textgen_jax.data.tokenizer import lang_symbol
 from textgen_jax.objectives.clm import causal_lm_loss, clm_loss_fn
 from textgen_jax.objectives.denoising import denoising_loss_fn
 from textgen_jax.objectives.mlm import masked_lm_loss, mlm_nsp_loss_fn
@@ -26,19 +27,46 @@ class Objective:
     name: str
     loss_fn: Callable  # (model, params, batch, rng, deterministic) -> dict of sums
     dataset: Callable  # (config, tokenizer, split, *, process_index, process_count, shuffle, repeat)
+    pieces: tuple[str, ...] = ()  # the special pieces its pipeline writes into the inputs
+    multilingual: bool = False  # needs a '<lang:xx>' piece for each config.data.languages
+
+    def check_vocabulary(self, config: ml_collections.ConfigDict, tokenizer: data.Tokenizer,
+                         where: str) -> None:
+        """Raises ConfigError unless `tokenizer` (read from `where`) has the pieces needed."""
+        missing = [piece for piece in self.pieces if not tokenizer.has_piece(piece)]
+        if missing:
+            raise ConfigError(
+                f"config.objective={self.name!r} needs the pieces {missing} in the vocabulary, "
+                f"but the tokenizer {where} has none. Let textgen-jax train one (leave "
+                "config.tokenizer.model_file='' and use a new workdir), or give a sentencepiece "
+                f"model trained with user_defined_symbols={','.join(self.pieces)}.")
+        if self.multilingual:
+            languages = tuple(config.data.languages)
+            absent = [lang for lang in languages if not tokenizer.has_piece(lang_symbol(lang))]
+            if absent:
+                raise ConfigError(
+                    f"config.data.languages={languages}: {absent} missing from the vocabulary "
+                    f"of the tokenizer {where} (no {lang_symbol(absent[0])!r} piece), which was "
+                    "trained for other languages. Train a shared vocabulary over all of them: "
+                    "list them in config.tokenizer.languages and use a new workdir.")
 
 
+_MLM_PIECES = ("<mask>",)
 OBJECTIVES = {"clm": Objective("clm", clm_loss_fn, data.lm_dataset)}
 DEFAULT_OBJECTIVE = {"gpt2": "clm"}
 DEFAULT_OBJECTIVE["gpt"] = "clm"
-OBJECTIVES["mlm_nsp"] = Objective("mlm_nsp", mlm_nsp_loss_fn, data.bert_pretraining_dataset)
+OBJECTIVES["mlm_nsp"] = Objective("mlm_nsp", mlm_nsp_loss_fn, data.bert_pretraining_dataset,
+                                  pieces=("<mask>", "<cls>", "<sep>"))
 DEFAULT_OBJECTIVE["bert"] = "mlm_nsp"
 OBJECTIVES["denoising"] = Objective("denoising", denoising_loss_fn,
-                                   data.bart_denoising_dataset)
+                                   data.bart_denoising_dataset, pieces=_MLM_PIECES)
 DEFAULT_OBJECTIVE["bart"] = "denoising"
-OBJECTIVES["xlm_clm"] = Objective("xlm_clm", xlm_clm_loss_fn, multilingual.xlm_clm_dataset)
-OBJECTIVES["xlm_mlm"] = Objective("xlm_mlm", xlm_mlm_loss_fn, multilingual.xlm_mlm_dataset)
-OBJECTIVES["tlm"] = Objective("tlm", xlm_mlm_loss_fn, multilingual.tlm_dataset)
+OBJECTIVES["xlm_clm"] = Objective("xlm_clm", xlm_clm_loss_fn, multilingual.xlm_clm_dataset,
+                                  multilingual=True)
+OBJECTIVES["xlm_mlm"] = Objective("xlm_mlm", xlm_mlm_loss_fn, multilingual.xlm_mlm_dataset,
+                                  pieces=_MLM_PIECES, multilingual=True)
+OBJECTIVES["tlm"] = Objective("tlm", xlm_mlm_loss_fn, multilingual.tlm_dataset,
+                              pieces=_MLM_PIECES, multilingual=True)
 DEFAULT_OBJECTIVE["xlm"] = "xlm_mlm"
 
 

@@ -85,6 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoint.check_compatible(workdir, config)
     partitioning.check_divisibility(config, mesh, config.model.vocab_size)
     objective = objectives.objective_for(config)
+    objective.check_vocabulary(config, tokenizer, f"in {workdir}")
     train_data = objective.dataset(config, tokenizer, config.data.train_split,
                                    process_index=jax.process_index(),
                                      process_count=jax.process_count(), shuffle=True, repeat=True)
