@@ -45,3 +45,12 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int):
                for name in ARCHITECTURE_OPTIONS.get(model_config.arch, ())}
     return ARCHITECTURES[model_config.arch](transformer_config(model_config, vocab_size),
                                             **options)
+
+
+def attention_layer_count(model_config: ml_collections.ConfigDict) -> int:
+    """Attention layers over T keys per token, for the FLOP count of MFU: one per layer, and
+    for BART's decoder two (self-attention and cross-attention over the encoder's output)."""
+    if model_config.arch == "bart":
+        return model_config.num_layers + 2 * (model_config.num_decoder_layers
+                                              or model_config.num_layers)
+    return model_config.num_layers

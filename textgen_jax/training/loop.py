@@ -126,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
     tokens_per_step = config.data.global_batch_size * config.data.seq_len
     flops_per_step = tokens_per_step * metrics_lib.flops_per_token(
-        config.model.num_layers, config.model.d_model, config.data.seq_len,
+        models.attention_layer_count(config.model), config.model.d_model, config.data.seq_len,
         metrics_lib.count_params(state.params, exclude_embeddings=True))
     peak_flops = metrics_lib.peak_flops_per_device(config.model.dtype) * jax.device_count()
 
