@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.activation = "gelu_tanh"  # gelu_tanh (GPT, GPT-2) | gelu (exact erf: BERT, XLM, BART)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.model.num_decoder_layers = 0  # encoder-decoders (BART): 0 = num_layers
+    c.model.scale_embedding = False  # BART: token embeddings * sqrt(d_model) (off in BART's)
     # XLM only (Lample & Conneau 2019): language embeddings for this many languages (> 1 adds
     # them), fixed sinusoidal positions instead of learned ones, causal (CLM) attention.
     c.model.num_languages = 1
@@ -54,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.global_batch_size = 16
     c.data.shuffle_buffer_seed = 0
     c.data.worker_count = 0  # grain worker processes (0 = read in the training process)
+    # The global batch is read as this many disjoint shards, each process reading
+    # input_shards / process_count of them (0 = one per process). The data depend on it, not on
+    # the process count: 1 process with input_shards=2 reads what 2 processes read.
+    c.data.input_shards = 0
     # Multilingual objectives (xlm_clm, xlm_mlm, tlm): language names, the feature holding each
     # language's text (in `dataset` for monolingual streams, in `parallel_dataset` for the
     # translation pairs of TLM), and the exponent of the language sampling q_i ∝ p_i^alpha.
@@ -147,6 +152,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "config.tokenizer.languages.")
     if not d.dataset and not d.files:
         raise ConfigError("config.data.dataset is '' and config.data.files is '': name one.")
+    if d.input_shards < 0:
+        raise ConfigError(f"config.data.input_shards={d.input_shards}: use 0 (one per process) "
+                          "or a positive multiple of the process count.")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         if size == 0 or size < -1:

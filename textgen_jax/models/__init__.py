@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -15,7 +17,7 @@ from textgen_jax.models.xlm import Xlm
 ARCHITECTURES = {"gpt2": GPT2, "gpt": GPT, "bert": Bert, "xlm": Xlm, "bart": Bart}
 # Leaves of config.model that one architecture takes as extra constructor arguments.
 ARCHITECTURE_OPTIONS = {"xlm": ("num_languages", "sinusoidal_positions", "causal"),
-                        "bart": ("num_decoder_layers",)}
+                        "bart": ("num_decoder_layers", "scale_embedding")}
 
 
 def transformer_config(model_config: ml_collections.ConfigDict,
@@ -54,3 +56,9 @@ def attention_layer_count(model_config: ml_collections.ConfigDict) -> int:
         return model_config.num_layers + 2 * (model_config.num_decoder_layers
                                               or model_config.num_layers)
     return model_config.num_layers
+
+
+def param_shapes(model: nn.Module) -> dict:
+    """The model's parameter tree as unboxed ShapeDtypeStructs (nothing is computed)."""
+    return nn.meta.unbox(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), *model.example_inputs(8))["params"]))
