@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from textgen_jax.config import ConfigError, base_config
+from textgen_jax.config import base_config
 from textgen_jax.convert import tables
 from textgen_jax.convert.tables import CONV1D, LINEAR, ROW, Tensor
 
@@ -356,12 +356,14 @@ def import_hf(src_dir: str | os.PathLike, allow_pickle: bool = False) -> Importe
 
 def export_hf(config: ml_collections.ConfigDict, params: Mapping[str, Any],
               out_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
-    """Writes config.json and model.safetensors that `from_pretrained` loads."""
+    """Writes config.json and model.safetensors that `from_pretrained` loads; `extra` are
+    config.json keys to keep (those of an imported checkpoint)."""
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hf = {**hf_config_from(config), **(extra or {})}
+    # Their keys we do not model (token ids, task settings) pass through; ours win.
+    hf = {**(extra or {}), **hf_config_from(config)}
     save_file(state_dict_from_params(config, params), out / SAFETENSORS_FILE,
               metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n",

@@ -15,6 +15,7 @@ from textgen_jax.data.text_files import TextFiles, TextFilesError, prepared_text
 from textgen_jax.data.tokenizer import (
     Tokenizer,
     load_or_train_tokenizer,
+    load_tokenizer,
     train_tokenizer,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "iterator_save_args",
     "lm_dataset",
     "load_or_train_tokenizer",
+    "load_tokenizer",
     "local_batch_size",
     "open_source",
     "prepared_stdlib_docstrings",

@@ -203,6 +203,10 @@ def load_or_train_tokenizer(
     shared by all languages), else on config.data.text_key. The other processes wait (up to
     `timeout_s`) for the file to appear, which assumes a workdir shared by all processes.
     """
+    from textgen_jax.data.hf_tokenizer import HF_TOKENIZER_FILENAME, HFTokenizer
+
+    if (Path(workdir) / HF_TOKENIZER_FILENAME).exists():  # an imported checkpoint's own
+        return HFTokenizer.load(Path(workdir) / HF_TOKENIZER_FILENAME)
     path = Path(workdir) / TOKENIZER_FILENAME
     model_file = config.tokenizer.model_file
     if path.exists():
@@ -237,6 +241,19 @@ def load_or_train_tokenizer(
         languages=tuple(config.tokenizer.languages),
         max_chars=config.tokenizer.max_train_chars,
     )
+
+
+def load_tokenizer(workdir: str | os.PathLike):
+    """The workdir's tokenizer: an imported tokenizer.json, else our tokenizer.model."""
+    from textgen_jax.data.hf_tokenizer import HF_TOKENIZER_FILENAME, HFTokenizer
+
+    workdir = Path(workdir)
+    if (workdir / HF_TOKENIZER_FILENAME).exists():
+        return HFTokenizer.load(workdir / HF_TOKENIZER_FILENAME)
+    if not (workdir / TOKENIZER_FILENAME).exists():
+        raise FileNotFoundError(f"{workdir} has no {TOKENIZER_FILENAME} (nor an imported "
+                                f"{HF_TOKENIZER_FILENAME}): is it a textgen_jax workdir?")
+    return Tokenizer.load(workdir / TOKENIZER_FILENAME)
 
 
 def _training_texts(config: ml_collections.ConfigDict) -> Iterator[str]:

@@ -1,0 +1,145 @@
+"""`textgen-jax import-hf` makes a workdir that eval, generate and train use; `export-hf` writes
+it back for `from_pretrained`. A tiny random GPT-2 with its own byte-level BPE tokenizer.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import REPO, cli_command, cli_env, read_metrics
+from textgen_jax.data.corpus import prepared_stdlib_docstrings
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+
+def _cli(command: str, workdir, *flags: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cli_command(command, workdir, *flags), env=cli_env(1),
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"textgen-jax {command} failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+def _byte_level_bpe(stdlib_data_dir: str):
+    source = prepared_stdlib_docstrings("documents", stdlib_data_dir).as_data_source("train")
+    texts = [source[i]["text"].decode() for i in range(300)]
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    tokenizer.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(stdlib_data_dir, tmp_path_factory):
+    """(directory, model, tokenizer) of a random GPT-2 saved as transformers saves one."""
+    tokenizer = _byte_level_bpe(stdlib_data_dir)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=tokenizer.get_vocab_size(), n_positions=64, n_embd=64, n_layer=2, n_head=4,
+        bos_token_id=eos, eos_token_id=eos)).eval()
+    with torch.no_grad():  # weights large enough that greedy choices are far from ties
+        for tensor in model.parameters():
+            tensor.mul_(4.0)
+    directory = tmp_path_factory.mktemp("hf_gpt2")
+    model.save_pretrained(directory)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory, model, tokenizer
+
+
+def test_import_generate_train_and_export(hf_gpt2, stdlib_data_dir, tmp_path):
+    directory, hf_model, tokenizer = hf_gpt2
+    workdir = tmp_path / "imported"
+    imported = _cli("import-hf", workdir, str(directory))
+    assert "imported gpt2" in imported.stdout
+    assert "newly initialised" not in imported.stdout and "dropped" not in imported.stdout
+
+    # 20 greedy tokens: the same as transformers' generate with the same weights.
+    import textgen_jax
+    prompt = "Return the list of"
+    ours = textgen_jax.generate(textgen_jax.load(str(workdir)), [prompt], max_new_tokens=20,
+                                temperature=0.0)[0]
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    ids = torch.tensor([[eos] + tokenizer.encode(prompt).ids])
+    with torch.no_grad():
+        out = hf_model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=eos)
+    new = out[0, ids.shape[1]:].tolist()
+    if eos in new:
+        new = new[:new.index(eos)]
+    assert len(new) >= 5
+    assert ours == prompt + tokenizer.decode(new)
+
+    # Train it further through the same loop, from its own config; it starts at the imported
+    # params (the step-0 eval of the loop) and writes full checkpoints from there.
+    config = ("--config", f"configs/workdir.py:{workdir}")
+    _cli("train", workdir, *config, f"--config.data.data_dir={stdlib_data_dir}",
+         "--config.data.seq_len=32", "--config.data.global_batch_size=4",
+         "--config.train.num_steps=4", "--config.train.eval_every=4",
+         "--config.train.eval_batches=2", "--config.train.checkpoint_every=4",
+         "--config.sample.prompts=()")
+    assert (workdir / "checkpoints" / "4" / "opt_state").is_dir()
+    train = read_metrics(workdir, "train")
+    assert all(np.isfinite(record["loss"]) for record in train.values())
+
+    # Export the trained params: transformers loads them, with the tokenizer beside them.
+    out = tmp_path / "exported"
+    _cli("export-hf", workdir, f"--out={out}")
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == eos
+    assert (out / "tokenizer.json").read_bytes() == (directory / "tokenizer.json").read_bytes()
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    loaded = textgen_jax.load(str(workdir))
+    tokens = np.asarray([[eos] + tokenizer.encode("Open the file and read it.").ids])
+    with torch.no_grad():
+        theirs = reloaded(torch.from_numpy(tokens)).logits.numpy()
+        before = hf_model(torch.from_numpy(tokens)).logits.numpy()
+    ours_logits = np.asarray(loaded.model.apply({"params": loaded.params}, tokens))
+    np.testing.assert_allclose(theirs, ours_logits, atol=1e-4)
+    assert np.abs(theirs - before).max() > 1e-3, "the exported params are the trained ones"
+
+
+def test_bad_checkpoints_are_named(hf_gpt2, tmp_path):
+    directory, hf_model, _ = hf_gpt2
+    unknown = tmp_path / "t5"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "t5", "vocab_size": 10}))
+    run = _cli("import-hf", tmp_path / "w1", str(unknown), check=False)
+    assert run.returncode == 1
+    message = run.stderr.strip().splitlines()[-1]
+    assert "model_type='t5'" in message and "bart, bert, gpt2, openai-gpt, xlm" in message
+
+    # A config.json that does not describe the weights: the tensor is named.
+    wrong = tmp_path / "wrong"
+    hf_model.save_pretrained(wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    config["n_embd"] = 32
+    config["n_head"] = 2
+    (wrong / "config.json").write_text(json.dumps(config))
+    (wrong / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
+    run = _cli("import-hf", tmp_path / "w2", str(wrong), check=False)
+    assert run.returncode == 1
+    message = run.stderr.strip().splitlines()[-1]
+    assert "transformer.wte.weight" in message and "(400, 64)" in message, message
+
+    # A pickle only when allowed; a directory without a tokenizer names the fix.
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_bytes((directory / "config.json").read_bytes())
+    (pickled / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
+    torch.save(hf_model.state_dict(), pickled / "pytorch_model.bin")
+    run = _cli("import-hf", tmp_path / "w3", str(pickled), check=False)
+    assert run.returncode == 1 and "--allow-pickle" in run.stderr.strip().splitlines()[-1]
+    _cli("import-hf", tmp_path / "w4", str(pickled), "--allow-pickle")
+    assert (tmp_path / "w4" / "checkpoints" / "0").is_dir()
+    no_tokenizer = tmp_path / "no_tokenizer"
+    hf_model.save_pretrained(no_tokenizer)
+    run = _cli("import-hf", tmp_path / "w5", str(no_tokenizer), check=False)
+    assert run.returncode == 1 and "--tokenizer" in run.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "w5" / "checkpoints").exists()
