@@ -83,7 +83,11 @@ def _bert_case(hf_model, model, params, vocab, length):
     out_ours = model.apply({"params": params}, jnp.asarray(inputs), jnp.asarray(token_types),
                            attention_ids=jnp.asarray(mask))
     ours, theirs = {"mlm": np.asarray(out_ours["mlm_logits"])}, {}
-    if hasattr(out, "prediction_logits"):
+    if hasattr(hf_model, "classifier"):
+        theirs["classification"] = out.logits.numpy()
+        ours["classification"] = np.asarray(out_ours["classification_logits"])
+        del ours["mlm"]
+    elif hasattr(out, "prediction_logits"):
         theirs["mlm"] = out.prediction_logits.numpy()
         theirs["nsp"] = out.seq_relationship_logits.numpy()
         ours["nsp"] = np.asarray(out_ours["nsp_logits"])
@@ -144,6 +148,12 @@ CASES = {
         vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=128, max_position_embeddings=48, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0)), _bert_case, 101, 48),
+    "bert_sequence_classification": (lambda: transformers.BertForSequenceClassification(
+        transformers.BertConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=128,
+                                max_position_embeddings=48, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0, num_labels=3)),
+        _bert_case, 101, 48),
     "xlm_1_language": (lambda: transformers.XLMWithLMHeadModel(transformers.XLMConfig(
         vocab_size=101, emb_dim=64, n_layers=2, n_heads=4, max_position_embeddings=48,
         n_langs=1, dropout=0.0, attention_dropout=0.0)), _xlm_case, 101, 48),
@@ -187,8 +197,12 @@ def test_import_then_export_matches_transformers(name, tmp_path):
     shapes = models.param_shapes(model)
     missing = set(imported.missing)
     # Every parameter is imported, except the heads their class lacks, which are reported.
-    expected_missing = {"bert_masked_lm": {"pooler/kernel", "pooler/bias", "nsp/kernel",
-                                           "nsp/bias"}}.get(name, set())
+    mlm_head = {"mlm/transform/kernel", "mlm/transform/bias", "mlm/transform_norm/scale",
+                "mlm/transform_norm/bias", "mlm/output_bias"}
+    expected_missing = {
+        "bert_masked_lm": {"pooler/kernel", "pooler/bias", "nsp/kernel", "nsp/bias"},
+        "bert_sequence_classification": {"nsp/kernel", "nsp/bias", *mlm_head},
+    }.get(name, set())
     assert missing == expected_missing
     expected_dropped = {"openai_gpt_double_heads": {"multiple_choice_head.summary.weight",
                                                     "multiple_choice_head.summary.bias"}}

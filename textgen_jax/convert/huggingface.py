@@ -103,7 +103,8 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
                      attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
                      layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
                      init_std=hf.get("initializer_range", 0.02),
-                     activation=_activation(hf.get("hidden_act", "gelu"), model_type))
+                     activation=_activation(hf.get("hidden_act", "gelu"), model_type),
+                     num_labels=_num_labels(hf) if _is_classifier(hf) else 0)
     elif model_type == "xlm":
         d = hf["emb_dim"]
         _require(hf, "asm", False, "a full softmax output layer")
@@ -140,6 +141,16 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
                      activation=_activation(hf.get("activation_function", "gelu"), model_type),
                      scale_embedding=bool(hf.get("scale_embedding", False)))
     return dict(arch=arch, vocab_size=hf["vocab_size"], **model)
+
+
+def _is_classifier(hf: Mapping[str, Any]) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or ())
+
+
+def _num_labels(hf: Mapping[str, Any]) -> int:
+    if "id2label" in hf:
+        return len(hf["id2label"])
+    return hf.get("num_labels", 2)
 
 
 def config_from_hf(hf: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -182,6 +193,9 @@ def hf_config_from(config: ml_collections.ConfigDict) -> dict[str, Any]:
                   attention_probs_dropout_prob=m.attention_dropout,
                   layer_norm_eps=m.layer_norm_eps, initializer_range=m.init_std,
                   hidden_act=m.activation.replace("gelu_tanh", "gelu_new"), type_vocab_size=2)
+        if m.num_labels:
+            common["architectures"] = ["BertForSequenceClassification"]
+            hf.update(num_labels=m.num_labels)  # an imported id2label of that size is kept
     elif m.arch == "xlm":
         _check_export(m.d_ff == 4 * m.d_model, f"config.model.d_ff={m.d_ff}",
                       "transformers' XLM has an ffn of 4 * emb_dim")

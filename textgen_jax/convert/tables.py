@@ -97,6 +97,8 @@ def bert(model: Mapping[str, Any]) -> Iterator[Tensor]:
     yield from _dense(("mlm", "transform"), "cls.predictions.transform.dense", LINEAR)
     yield from _norm(("mlm", "transform_norm"), "cls.predictions.transform.LayerNorm")
     yield Tensor(("mlm", "output_bias"), "cls.predictions.bias")
+    if model.get("num_labels"):
+        yield from _dense(("classifier",), "classifier", LINEAR)
 
 
 def xlm(model: Mapping[str, Any]) -> Iterator[Tensor]:

@@ -16,7 +16,8 @@ from textgen_jax.models.xlm import Xlm
 
 ARCHITECTURES = {"gpt2": GPT2, "gpt": GPT, "bert": Bert, "xlm": Xlm, "bart": Bart}
 # Leaves of config.model that one architecture takes as extra constructor arguments.
-ARCHITECTURE_OPTIONS = {"xlm": ("num_languages", "sinusoidal_positions", "causal"),
+ARCHITECTURE_OPTIONS = {"bert": ("num_labels",),
+                        "xlm": ("num_languages", "sinusoidal_positions", "causal"),
                         "bart": ("num_decoder_layers", "scale_embedding")}
 
 
@@ -35,6 +36,7 @@ def transformer_config(model_config: ml_collections.ConfigDict,
         init_std=model_config.init_std,
         dtype=jnp.dtype(model_config.dtype),
         activation=model_config.activation,
+        remat=model_config.remat,
     )
 
 

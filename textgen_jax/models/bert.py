@@ -42,6 +42,8 @@ class Bert(nn.Module):
 
     cfg: TransformerConfig
     type_vocab_size: int = 2
+    # > 0 adds a sequence classifier on the pooled output (§4.1; BertForSequenceClassification).
+    num_labels: int = 0
     # Not a generator: the loop's end-of-training samples and `generate` skip/refuse it.
     can_generate = False
 
@@ -54,7 +56,8 @@ class Bert(nn.Module):
                  positions: jax.Array | None = None, attention_ids: jax.Array | None = None,
                  deterministic: bool = True) -> dict[str, jax.Array]:
         """inputs, token_types (0 = segment A, 1 = B) [batch, length] int ->
-        {'mlm_logits': float32 [batch, length, vocab], 'nsp_logits': float32 [batch, 2]}.
+        {'mlm_logits': float32 [batch, length, vocab], 'nsp_logits': float32 [batch, 2]},
+        and 'classification_logits' float32 [batch, num_labels] when num_labels > 0.
 
         attention_ids [batch, length]: 0 for padding, which no token attends to; tokens attend
         only to tokens with the same id (default all ones). positions default to 0, 1, ...
@@ -86,5 +89,13 @@ class Bert(nn.Module):
             NUM_NSP_CLASSES, kernel_axes=("embed", None), dtype=cfg.dtype,
             kernel_init=nn.initializers.normal(cfg.init_std), name="nsp")(pooled)
         mlm_logits = MaskedLMHead(cfg, name="mlm")(x, token_embed)
-        return {"mlm_logits": nn.with_logical_constraint(mlm_logits, ("batch", "length", "vocab")),
-                "nsp_logits": nsp_logits.astype(jnp.float32)}
+        outputs = {"mlm_logits": nn.with_logical_constraint(mlm_logits,
+                                                            ("batch", "length", "vocab")),
+                   "nsp_logits": nsp_logits.astype(jnp.float32)}
+        if self.num_labels:
+            pooled = nn.Dropout(cfg.dropout)(pooled, deterministic=deterministic)
+            outputs["classification_logits"] = DenseGeneral(
+                self.num_labels, kernel_axes=("embed", None), dtype=cfg.dtype,
+                kernel_init=nn.initializers.normal(cfg.init_std),
+                name="classifier")(pooled).astype(jnp.float32)
+        return outputs
