@@ -25,10 +25,13 @@ setup(
         "tensorboardX>=2.6",
         "numpy>=2",
         "psutil>=5.9",
+        "safetensors>=0.4",  # transformers checkpoints in and out, without torch
     ],
     extras_require={
         # The test oracle only: never imported by the package itself.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.23,<6"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.23,<6", "tokenizers>=0.20"],
+        # An imported checkpoint's own tokenizer.json.
+        "hf": ["tokenizers>=0.20"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     },
