@@ -22,6 +22,18 @@ flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens; 0 = al
                      "candidates per <mask> (fill-mask, default 5).")
 flags.DEFINE_string("text", None, 'Text with <mask> tokens to fill in (fill-mask).')
 flags.DEFINE_integer("seed", 0, "Sampling seed (generate).")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "Join a multi-process run: auto = when a coordinator or several processes are "
+                  "named, or a SLURM job / TPU pod of several hosts is detected; on = always "
+                  "(JAX detects the cluster); off = never.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator "
+                    "(default $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Processes in the run (default $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "This process's id, 0 .. num_processes-1 (default "
+                     "$JAX_PROCESS_ID).")
+flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for all processes to join.")
+flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds after which a silent (dead) process "
+                     "makes the others exit with an error.")
 
 FLAGS = flags.FLAGS
 
@@ -56,6 +68,10 @@ def _main(argv: list[str]) -> None:
     if not FLAGS.workdir:
         _usage_error("--workdir is required")
     try:
+        from textgen_jax import distributed
+        distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id, FLAGS.distributed_timeout,
+                               FLAGS.heartbeat_timeout)
         if command == "train":
             from textgen_jax.training import loop
             if FLAGS.config is None:
@@ -79,6 +95,10 @@ def _main(argv: list[str]) -> None:
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"textgen-jax {command}: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except RuntimeError as error:  # jax.errors.JaxRuntimeError: a collective lost its peer
+        from textgen_jax import distributed
+        distributed.exit_on_lost_process(command, error)
+        raise
 
 
 def _fill_mask(workdir: str) -> None:

@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.activation = "gelu_tanh"  # gelu_tanh (GPT, GPT-2) | gelu (exact erf: BERT, XLM, BART)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.model.num_decoder_layers = 0  # encoder-decoders (BART): 0 = num_layers
+    # Rematerialisation of the transformer blocks: none | full (keep each block's input,
+    # recompute the rest in the backward pass) | save_dots (also keep matmul outputs).
+    c.model.remat = "none"
     c.model.scale_embedding = False  # BART: token embeddings * sqrt(d_model) (off in BART's)
     # XLM only (Lample & Conneau 2019): language embeddings for this many languages (> 1 adds
     # them), fixed sinusoidal positions instead of learned ones, causal (CLM) attention.
@@ -55,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.global_batch_size = 16
     c.data.shuffle_buffer_seed = 0
     c.data.worker_count = 0  # grain worker processes (0 = read in the training process)
+    # The global batch is read as this many disjoint shards, each process reading
+    # input_shards / process_count of them (0 = one per process). The data depend on it, not on
+    # the process count: 1 process with input_shards=2 reads what 2 processes read.
+    c.data.input_shards = 0
     # The global batch is read as this many disjoint shards, each process reading
     # input_shards / process_count of them (0 = one per process). The data depend on it, not on
     # the process count: 1 process with input_shards=2 reads what 2 processes read.
@@ -131,6 +138,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.model.d_model={m.d_model} is not divisible by config.model.num_heads="
             f"{m.num_heads}; pick num_heads dividing d_model.")
+    if m.remat not in ("none", "full", "save_dots"):
+        raise ConfigError(f"config.model.remat={m.remat!r}: use 'none', 'full' or 'save_dots'.")
     if m.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'.")
     if d.seq_len > m.max_len:
@@ -152,6 +161,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "config.tokenizer.languages.")
     if not d.dataset and not d.files:
         raise ConfigError("config.data.dataset is '' and config.data.files is '': name one.")
+    if d.input_shards < 0:
+        raise ConfigError(f"config.data.input_shards={d.input_shards}: use 0 (one per process) "
+                          "or a positive multiple of the process count.")
     if d.input_shards < 0:
         raise ConfigError(f"config.data.input_shards={d.input_shards}: use 0 (one per process) "
                           "or a positive multiple of the process count.")

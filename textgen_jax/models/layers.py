@@ -37,6 +37,7 @@ class TransformerConfig:
     init_std: float = 0.02
     dtype: jnp.dtype = jnp.float32
     activation: str = "gelu_tanh"  # gelu_tanh (GPT, GPT-2) | gelu (BERT, XLM, BART)
+    remat: str = "none"  # none | full | save_dots: what each block keeps for the backward pass
 
     @property
     def head_dim(self) -> int:
@@ -304,6 +305,12 @@ class MLP(nn.Module):
                             name="fc_out")(h)
 
 
+# config.model.remat -> jax.checkpoint policy: 'full' keeps only each block's input,
+# 'save_dots' also keeps the matmul outputs (recomputes norms, activations, softmax).
+REMAT_POLICIES = {"full": None,
+                  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class TransformerBlock(nn.Module):
     """Self-attention + MLP with residuals; pre-LN (GPT-2) or post-LN (GPT, BERT, XLM, BART).
 
@@ -315,8 +322,15 @@ class TransformerBlock(nn.Module):
     pre_norm: bool
     residual_init_std: float = 0.02
 
-    @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
+        if self.cfg.remat == "none":
+            return self.layer(x, mask, deterministic)
+        # Same parameters; the backward pass recomputes what the policy did not keep.
+        return nn.remat(TransformerBlock.layer, policy=REMAT_POLICIES[self.cfg.remat],
+                        static_argnums=(3,))(self, x, mask, deterministic)
+
+    @nn.compact
+    def layer(self, x: Array, mask: Array, deterministic: bool) -> Array:
         cfg = self.cfg
         dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=deterministic)
         norm = functools.partial(LayerNorm, eps=cfg.layer_norm_eps, dtype=cfg.dtype)

@@ -19,23 +19,31 @@ from textgen_jax.training import checkpoint, metrics as metrics_lib, optimizer, 
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag that the loop reads between steps, so it can save first."""
+    """Turns SIGTERM into a stop that the loop reads between steps, so it can save first.
+
+    One process: a Python signal handler sets a flag. Several: JAX's preemption sync manager
+    (started by jax.distributed.initialize) catches SIGTERM on any process and makes all of
+    them reach the same step; a Python handler would replace its own and stop one process alone.
+    """
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._multiprocess = jax.process_count() > 1
+        if not self._multiprocess:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
 
     def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
+        if self._multiprocess:
             from jax.experimental import multihost_utils
-            return self.requested or multihost_utils.reached_preemption_sync_point(step)
+            return multihost_utils.reached_preemption_sync_point(step)
         return self.requested
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self._multiprocess:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def resolve_vocab_size(config: ml_collections.ConfigDict, tokenizer_size: int) -> None:
@@ -51,9 +59,9 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
              mesh) -> dict[str, float]:
     """Loss, perplexity and accuracy over the first config.train.eval_batches batches of the
     validation split (read in order, so every evaluation sees the same tokens)."""
-    dataset = objectives.objective_for(config).dataset(
-        config, tokenizer, config.data.eval_split, process_index=jax.process_index(),
-                                  process_count=jax.process_count(), shuffle=False, repeat=True)
+    dataset = partitioning.process_dataset(objectives.objective_for(config).dataset, config,
+                                           tokenizer, config.data.eval_split, shuffle=False,
+                                           repeat=True)
     totals: dict[str, float] = {}
     iterator = iter(dataset)
     for _ in range(config.train.eval_batches):
@@ -86,9 +94,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     partitioning.check_divisibility(config, mesh, config.model.vocab_size)
     objective = objectives.objective_for(config)
     objective.check_vocabulary(config, tokenizer, f"in {workdir}")
-    train_data = objective.dataset(config, tokenizer, config.data.train_split,
-                                   process_index=jax.process_index(),
-                                     process_count=jax.process_count(), shuffle=True, repeat=True)
+    train_data = partitioning.process_dataset(objective.dataset, config, tokenizer,
+                                              config.data.train_split, shuffle=True, repeat=True)
     train_iterator = iter(train_data)
 
     # ---- model, optimizer, sharded state -------------------------------------------------
@@ -98,6 +105,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     schedule = optimizer.learning_rate_schedule(config.optim, num_steps)
     tx = optimizer.make_optimizer(config.optim, num_steps)
     _, abstract_state, shardings = steps.state_shardings(model, tx, config.data.seq_len, mesh)
+
+    # ---- memory: a report, and an error before compiling what cannot fit ------------------
+    param_bytes = metrics_lib.bytes_per_device(abstract_state.params)
+    optimizer_bytes = metrics_lib.bytes_per_device(abstract_state.opt_state)
+    activation_bytes = metrics_lib.activation_bytes_per_device(
+        config, dict(mesh.shape), models.attention_layer_count(config.model))
+    log(metrics_lib.memory_report(metrics_lib.count_params(abstract_state.params), param_bytes,
+                                  optimizer_bytes, activation_bytes))
+    metrics_lib.check_device_memory(2 * param_bytes + optimizer_bytes + activation_bytes)
 
     # ---- checkpoint: resume from the latest, or start fresh --------------------------------
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints,

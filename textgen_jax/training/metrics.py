@@ -106,3 +106,52 @@ def count_params(params: Any, exclude_embeddings: bool = False) -> int:
             continue
         total += int(np.prod(leaf.shape))
     return total
+
+
+def bytes_per_device(abstract_tree: Any) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs carrying shardings (the largest
+    shard of each leaf, so uneven splits count their bigger part)."""
+    total = 0
+    for leaf in jax.tree.leaves(abstract_tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def activation_bytes_per_device(config: Any, mesh_shape: dict[str, int],
+                                attention_layers: int) -> int:
+    """Estimated activations kept for the backward pass on one device: per layer
+    s*b*h*(10 + 24/t + 5*a*s/(h*t)) bytes at 16 bits (Korthikanti et al. 2022, eq. 2 with
+    tensor parallelism t), twice that in float32, plus the float32 logits and their gradient."""
+    m, d = config.model, config.data
+    rows = max(d.global_batch_size // (mesh_shape["data"] * mesh_shape["fsdp"])
+               // config.optim.grad_accum_steps, 1)
+    s, h, a, t = d.seq_len, m.d_model, m.num_heads, mesh_shape["tensor"]
+    scale = np.dtype(m.dtype).itemsize / 2
+    per_layer = s * rows * h * (10 + 24 / t + 5 * a * s / (h * t)) * scale
+    logits = 2 * rows * s * m.vocab_size / t * 4
+    return int(attention_layers * per_layer + logits)
+
+
+def memory_report(num_params: int, param_bytes: int, optimizer_bytes: int,
+                  activation_bytes: int) -> str:
+    gib = 2 ** 30
+    return (f"memory per device: parameters {param_bytes / gib:.3f} GiB ({num_params:,} "
+            f"parameters), gradients {param_bytes / gib:.3f} GiB, optimizer "
+            f"{optimizer_bytes / gib:.3f} GiB, activations ~{activation_bytes / gib:.3f} GiB "
+            f"(estimated); total ~{(2 * param_bytes + optimizer_bytes + activation_bytes) / gib:.3f} GiB")
+
+
+def check_device_memory(needed_bytes: int, devices: Any = None) -> None:
+    """Errors before compiling when a device reports less memory than the run needs; backends
+    that report none (CPU) are not checked."""
+    from textgen_jax.config import ConfigError
+
+    for device in devices if devices is not None else jax.local_devices():
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        if limit and needed_bytes > limit:
+            raise ConfigError(
+                f"the run needs ~{needed_bytes / 2**30:.2f} GiB per device but {device} has "
+                f"{limit / 2**30:.2f} GiB; shard more (config.mesh.fsdp, config.mesh.tensor), "
+                "lower config.data.global_batch_size or raise config.optim.grad_accum_steps.")

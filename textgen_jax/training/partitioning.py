@@ -85,6 +85,43 @@ def check_divisibility(config: ml_collections.ConfigDict, mesh: Mesh, vocab_size
                           f"{jax.process_count()} processes.")
 
 
+def resolve_input_shards(config: ml_collections.ConfigDict) -> int:
+    """Sets config.data.input_shards (0 = one per process) and checks that the processes can
+    split it and the global batch evenly."""
+    processes = jax.process_count()
+    shards = config.data.input_shards or processes
+    if shards % processes:
+        raise ConfigError(f"config.data.input_shards={shards} does not split across {processes} "
+                          f"processes; use a multiple of {processes} (or 0).")
+    if config.data.global_batch_size % shards:
+        raise ConfigError(f"config.data.global_batch_size={config.data.global_batch_size} does "
+                          f"not divide into config.data.input_shards={shards}; use a multiple.")
+    config.data.input_shards = shards
+    return shards
+
+
+def process_dataset(dataset_fn, config: ml_collections.ConfigDict, tokenizer, split: str, *,
+                    shuffle: bool, repeat: bool):
+    """This process's batches [global_batch / process_count, ...]: the rows of its input shards
+    (shards process_index * k ... + k - 1, k = input_shards / process_count), concatenated.
+
+    `dataset_fn` is an objective's dataset(config, tokenizer, split, *, process_index,
+    process_count, shuffle, repeat). One shard per process is the plain per-host pipeline.
+    """
+    shards = resolve_input_shards(config)
+    per_process = shards // jax.process_count()
+    first = jax.process_index() * per_process
+    datasets = [dataset_fn(config, tokenizer, split, process_index=first + i,
+                           process_count=shards, shuffle=shuffle, repeat=repeat)
+                for i in range(per_process)]
+    if per_process == 1:
+        return datasets[0]
+    import grain
+    # Round-robin over the shards (one batch of each), stacked, then concatenated on rows.
+    mixed = grain.IterDataset.mix(datasets, [1.0] * per_process).batch(per_process)
+    return mixed.map(lambda batch: {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()})
+
+
 def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
     """NamedShardings for a tree of nn.LogicallyPartitioned values (unannotated = replicated)."""
     specs = nn.get_partition_spec(boxed_tree)

@@ -1,0 +1,67 @@
+"""config.init_from starts a run from another workdir's params; config.train.freeze keeps some
+of them fixed. Through the real CLI on the tiny GPT-2."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import REPO, cli_command, cli_env, read_metrics, train_flags
+
+import textgen_jax
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, stdlib_data_dir, stdlib_tokenizer):
+    workdir = tmp_path_factory.mktemp("pretrained")
+    stdlib_tokenizer.save(workdir / "tokenizer.model")
+    subprocess.run(cli_command("train", workdir, *train_flags(stdlib_data_dir),
+                               "--config.train.num_steps=30", "--config.train.eval_every=30",
+                               "--config.train.checkpoint_every=30"),
+                   env=cli_env(), cwd=REPO, check=True, capture_output=True, timeout=600)
+    return workdir
+
+
+def _leaves(params) -> dict[str, np.ndarray]:
+    from flax import traverse_util
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+def test_fine_tune_starts_at_the_pretrained_params_and_freezes(pretrained, tmp_path, tiny_run):
+    workdir = tmp_path / "fine_tuned"
+    run = tiny_run(workdir, f"--config.init_from={pretrained}", "--config.train.num_steps=6",
+                   "--config.train.eval_every=6", "--config.train.checkpoint_every=6",
+                   "--config.train.freeze=('token_embed', 'block_0')")
+    assert f"initialised from {pretrained}: 0 new parameter(s), 0 dropped" in run.stdout
+    # Its step-0 evaluation is the pretrained model's last one: the same params, same data.
+    before = read_metrics(pretrained, "eval")[30]["loss"]
+    start = read_metrics(workdir, "eval")[0]["loss"]
+    assert abs(start - before) < 1e-5 * before, (start, before)
+
+    old = _leaves(textgen_jax.load(str(pretrained)).params)
+    new = _leaves(textgen_jax.load(str(workdir)).params)
+    for path in old:
+        if path.startswith(("token_embed/", "block_0/")):
+            np.testing.assert_array_equal(new[path], old[path], err_msg=path)
+        else:
+            assert not np.array_equal(new[path], old[path]), f"{path} was not trained"
+
+
+def test_bad_init_from_is_named(pretrained, tmp_path, tiny_run):
+    run = tiny_run(tmp_path / "other_arch", f"--config.init_from={pretrained}",
+                   config="configs/gpt.py:tiny", check=False)
+    assert run.returncode == 1
+    message = run.stderr.strip().splitlines()[-1]
+    assert "holds a gpt2 checkpoint" in message and "trains gpt" in message, message
+
+    run = tiny_run(tmp_path / "other_size", f"--config.init_from={pretrained}",
+                   "--config.model.d_ff=256", check=False)
+    message = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 1 and "block_0/mlp/fc_in/kernel" in message, message
+
+    run = tiny_run(tmp_path / "bad_freeze", f"--config.init_from={pretrained}",
+                   "--config.train.freeze=('blocks_0',)", check=False)
+    message = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 1 and "'blocks_0'" in message and "block_0" in message, message
+    assert not (tmp_path / "bad_freeze" / "checkpoints").exists()
