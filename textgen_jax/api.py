@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -12,7 +12,6 @@ import ml_collections
 from textgen_jax import config as config_lib
 from textgen_jax import data as data_lib
 from textgen_jax import decoding, models
-from textgen_jax.data.tokenizer import TOKENIZER_FILENAME
 from textgen_jax.training import checkpoint, partitioning
 
 
@@ -31,7 +30,7 @@ def load(workdir: str, step: int | None = None) -> Loaded:
         raise FileNotFoundError(f"{os.path.join(workdir, checkpoint.CONFIG_FILE)} not found: "
                                 f"{workdir!r} is not a textgen_jax workdir.")
     config = config_lib.from_dict(saved)
-    tokenizer = data_lib.Tokenizer.load(os.path.join(workdir, TOKENIZER_FILENAME))
+    tokenizer = data_lib.load_tokenizer(workdir)
     model = models.build_model(config.model, config.model.vocab_size)
     # Replicated over the local devices (a data-only mesh), whatever mesh wrote the checkpoint.
     mesh_config = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
@@ -44,15 +43,59 @@ def load(workdir: str, step: int | None = None) -> Loaded:
     return Loaded(model, params, tokenizer, config)
 
 
-def generate(workdir_or_loaded: str | Loaded, prompts: list[str], max_new_tokens: int = 32,
-             temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> list[str]:
-    """Samples continuations of `prompts` from a workdir (or a `load` result)."""
-    loaded = (load(workdir_or_loaded) if isinstance(workdir_or_loaded, str)
-              else workdir_or_loaded)
+def _loaded(model_or_workdir: str | os.PathLike | Loaded) -> Loaded:
+    if isinstance(model_or_workdir, (str, os.PathLike)):
+        return load(os.fspath(model_or_workdir))
+    return model_or_workdir
+
+
+def _language_id(config: ml_collections.ConfigDict, language: str) -> int:
+    """An XLM model's index of `language` ('' = its first language)."""
+    languages = tuple(config.data.get("languages", ())) or ("",)
+    if language and language not in languages:
+        raise ValueError(f"language={language!r} is not one of the model's languages "
+                         f"{languages} (config.data.languages).")
+    return languages.index(language) if language else 0
+
+
+def generate(model_or_workdir: str | os.PathLike | Loaded, prompts: str | Sequence[str],
+             max_new_tokens: int = 32, temperature: float = 0.8, top_k: int = 40,
+             seed: int = 0, *, top_p: float = 1.0, min_new_tokens: int = 0,
+             repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+             num_beams: int = 1, length_penalty: float = 1.0,
+             early_stopping: bool | str = False, language: str = "",
+             stream: Callable[[str], None] | None = None) -> list[str]:
+    """Generates from a workdir (or a `load` result) with the KV cache: for GPT, GPT-2 and
+    causal XLM each prompt + its continuation, for BART the output for each source text.
+
+    temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off; num_beams > 1 is
+    beam search (the sampling options then do not apply). `language` picks an XLM model's
+    language; `stream(text)` receives a single prompt's new text as it is decoded. Raises
+    ValueError for bad options, an empty or too long prompt, or an encoder-only model.
+    """
+    loaded = _loaded(model_or_workdir)
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("no prompts given; pass at least one prompt.")
+    options = decoding.GenerationOptions(
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
+        top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams,
+        length_penalty=length_penalty, early_stopping=early_stopping, seed=seed)
     if not getattr(loaded.model, "can_generate", True):
-        raise ValueError(f"config.model.arch={loaded.config.model.arch!r} cannot generate text "
-                         "(an encoder, or an encoder-decoder that decoding does not support "
-                         "yet); train a gpt or gpt2 model to generate.")
-    return decoding.sample(loaded.model, loaded.params, loaded.tokenizer, prompts,
-                           max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_k=top_k, seed=seed)
+        raise ValueError(f"config.model.arch={loaded.config.model.arch!r} (causal="
+                         f"{loaded.config.model.get('causal', False)}) is an encoder with no "
+                         "next-token head, so it cannot generate; use fill-mask with it, or a "
+                         "gpt, gpt2, causal xlm or bart checkpoint to generate.")
+    language_id = (_language_id(loaded.config, language)
+                   if loaded.config.model.arch == "xlm" else 0)
+    return decoding.generate_text(loaded.model, loaded.params, loaded.tokenizer, list(prompts),
+                                  options, language_id=language_id, stream=stream)
+
+
+def fill_mask(model_or_workdir: str | os.PathLike | Loaded, text: str, top_k: int = 5,
+              language: str = "") -> list[list[tuple[str, float]]]:
+    """For each '<mask>' of `text`, the top_k (token text, probability) fillers, from a BERT
+    or non-causal XLM workdir (or `load` result)."""
+    return decoding.fill_mask(_loaded(model_or_workdir), text, top_k, language)

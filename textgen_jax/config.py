@@ -124,6 +124,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample.max_new_tokens = 48
     c.sample.temperature = 0.8
     c.sample.top_k = 40
+
+    # Fine-tuning (configs/finetune/): a task of textgen_jax.finetune.tasks ('' = pretraining)
+    # and the language a multilingual task reads ('' = its first; XNLI: en, set per evaluation).
+    c.task = ml_collections.ConfigDict()
+    c.task.name = ""
+    c.task.language = ""
     return c
 
 

@@ -51,6 +51,17 @@ def test_cli_prints_k_candidates_per_mask(xlm_workdir, tiny_run):
     assert missing.returncode == 1 and "has no <mask>" in missing.stderr
 
 
+def test_the_api_fills_masks_from_a_workdir_and_refuses_to_generate_with_an_encoder(
+        xlm_workdir, tiny_run):
+    assert textgen_jax.fill_mask(str(xlm_workdir), "Return the <mask>.", top_k=2) == fill_mask(
+        textgen_jax.load(str(xlm_workdir)), "Return the <mask>.", top_k=2)
+    with pytest.raises(ValueError, match=r"arch='xlm' \(causal=False\) is an encoder .* "
+                                         "use fill-mask"):
+        textgen_jax.generate(str(xlm_workdir), "Return the")
+    refused = tiny_run(xlm_workdir, "--prompt=Return the", command="generate", check=False)
+    assert refused.returncode == 1 and "is an encoder with no next-token head" in refused.stderr
+
+
 def test_bert_is_framed_with_cls_and_sep_and_a_decoder_is_refused(stdlib_tokenizer):
     import jax
 

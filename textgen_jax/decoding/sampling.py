@@ -1,72 +1,91 @@
-"""Sampling with temperature and top-k by full recomputation (KV-cache decoding comes later).
-
-The whole token loop is one compiled `lax.fori_loop` over a fixed buffer, so a call compiles
-once per (batch, buffer length) and never per token.
-"""
+"""Text in, text out: prompts framed as each architecture was trained, KV-cache generation,
+continuations decoded."""
 
 from __future__ import annotations
 
-import functools
+from typing import Any, Callable, Sequence
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import flax.linen as nn
 
-
-def _filter_top_k(logits: jax.Array, top_k: int) -> jax.Array:
-    if top_k <= 0 or top_k >= logits.shape[-1]:
-        return logits
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-    return jnp.where(logits < kth, -jnp.inf, logits)
+from textgen_jax.decoding.generate import GenerationOptions, generate_ids
+from textgen_jax.models.bart import Bart
+from textgen_jax.models.xlm import Xlm
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_new", "top_k", "greedy"))
-def _generate(model, params, tokens, lengths, rng, temperature, *, num_new, top_k, greedy):
-    """tokens [batch, buffer] right-padded prompts, lengths [batch] -> tokens with num_new more."""
-    rows = jnp.arange(tokens.shape[0])
-
-    def step(i, carry):
-        tokens, rng = carry
-        logits = model.apply({"params": params}, tokens)  # causal: padding after a row is unseen
-        position = lengths + i
-        next_logits = logits[rows, position - 1].astype(jnp.float32)
-        if greedy:
-            next_token = next_logits.argmax(-1)
-        else:
-            rng, key = jax.random.split(rng)
-            next_logits = _filter_top_k(next_logits / temperature, top_k)
-            next_token = jax.random.categorical(key, next_logits)
-        return tokens.at[rows, position].set(next_token.astype(tokens.dtype)), rng
-
-    tokens, _ = jax.lax.fori_loop(0, num_new, step, (tokens, rng))
-    return tokens
+def prompt_ids(model: nn.Module, tokenizer, text: str) -> list[int]:
+    """The token ids a prompt is fed as: BART's source is [bos] text [eos] (its denoising
+    inputs), XLM's causal streams open each sentence with </s>, GPT and GPT-2 documents with
+    [bos]."""
+    ids = tokenizer.encode(text)
+    if isinstance(model, Bart):
+        return [tokenizer.bos_id, *ids, tokenizer.eos_id]
+    if isinstance(model, Xlm):
+        return [tokenizer.eos_id, *ids]
+    return [tokenizer.bos_id, *ids]
 
 
-def sample(model, params, tokenizer, prompts: list[str], max_new_tokens: int = 32,
-           temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> list[str]:
+def generate_text(model: nn.Module, params: Any, tokenizer, prompts: Sequence[str],
+                  options: GenerationOptions, language_id: int = 0,
+                  stream: Callable[[str], None] | None = None) -> list[str]:
+    """Each prompt continued (decoder-only: prompt + continuation; BART: its output text).
+
+    `stream`, for a single prompt, is called with each new piece of text as it is decoded.
+    """
+    for index, text in enumerate(prompts):
+        if not tokenizer.encode(text):
+            raise ValueError(f"prompt {index} ({text!r}) is empty; give each prompt some text.")
+    encoded = [prompt_ids(model, tokenizer, text) for text in prompts]
+    on_tokens = None
+    if stream is not None and len(prompts) == 1:
+        on_tokens = _TextStream(tokenizer, [] if isinstance(model, Bart) else encoded[0][1:],
+                                stream)
+    new = generate_ids(model, params, encoded, options, eos_id=tokenizer.eos_id,
+                       pad_id=tokenizer.pad_id, language_id=language_id, stream=on_tokens)
+    if isinstance(model, Bart):  # the output opens with the bos of its training targets
+        texts = [tokenizer.decode([t for t in ids if t != tokenizer.bos_id]) for ids in new]
+    else:
+        texts = [tokenizer.decode(ids[1:] + continuation)
+                 for ids, continuation in zip(encoded, new)]
+    if on_tokens is not None:
+        on_tokens.finish(texts[0])
+    return texts
+
+
+class _TextStream:
+    """Writes one row's text as its tokens arrive: the prompt's text first, then at each step
+    what the new token adds (the text of all ids so far, less what was written)."""
+
+    def __init__(self, tokenizer, prompt_ids: list[int], write: Callable[[str], None]):
+        self._tokenizer, self._write = tokenizer, write
+        self._ids = list(prompt_ids)
+        self._shown = ""
+        self._done = False
+        self._show(tokenizer.decode(self._ids))
+
+    def _show(self, text: str) -> None:
+        # A piece can change how the text before it decodes: wait until it only extends it.
+        if text.startswith(self._shown) and len(text) > len(self._shown):
+            self._write(text[len(self._shown):])
+            self._shown = text
+
+    def __call__(self, tokens) -> None:
+        token = int(tokens[0])
+        self._done |= token == self._tokenizer.eos_id
+        if not self._done:
+            self._ids.append(token)
+            self._show(self._tokenizer.decode(self._ids))
+
+    def finish(self, text: str) -> None:
+        """Writes whatever of the final text is not written yet."""
+        self._show(text)
+
+
+def sample(model: nn.Module, params: Any, tokenizer, prompts: list[str],
+           max_new_tokens: int = 32, temperature: float = 0.8, top_k: int = 40,
+           seed: int = 0) -> list[str]:
     """Continues each prompt; temperature 0 is greedy. Returns prompt + continuation."""
     if not prompts:
         raise ValueError("no prompts given; pass at least one --prompt.")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy).")
-    max_len = model.cfg.max_len
-    encoded = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
-    longest = max(len(ids) for ids in encoded)
-    if longest >= max_len:
-        raise ValueError(f"a prompt of {longest} tokens leaves no room in the model's context "
-                         f"of {max_len}; shorten the prompt.")
-    num_new = min(max_new_tokens, max_len - longest)
-    buffer = np.full((len(prompts), longest + num_new), tokenizer.pad_id, np.int32)
-    for row, ids in enumerate(encoded):
-        buffer[row, :len(ids)] = ids
-    lengths = np.array([len(ids) for ids in encoded], np.int32)
-    out = _generate(model, params, jnp.asarray(buffer), jnp.asarray(lengths),
-                    jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),
-                    num_new=num_new, top_k=top_k, greedy=temperature == 0)
-    texts = []
-    for row, ids in zip(np.asarray(out), encoded):
-        new = row[len(ids):len(ids) + num_new].tolist()
-        if tokenizer.eos_id in new:
-            new = new[:new.index(tokenizer.eos_id)]
-        texts.append(tokenizer.decode(ids[1:] + new))
-    return texts
+    options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, seed=seed)
+    return generate_text(model, params, tokenizer, prompts, options)

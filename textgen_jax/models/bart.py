@@ -20,7 +20,7 @@ import numpy as np
 
 from textgen_jax.models.layers import (MLP, Embed, LayerNorm, MultiHeadAttention,
                                        TransformerBlock, TransformerConfig, add_bias,
-                                       attention_mask)
+                                       attention_mask, cached_attention_mask)
 
 # The reference's learned position table keeps two extra leading rows (a fairseq legacy of
 # padding_idx = 1): position p reads row p + 2.
@@ -33,22 +33,25 @@ class DecoderBlock(nn.Module):
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, encoded: jax.Array, self_mask: jax.Array,
-                 cross_mask: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, encoded: jax.Array | None, self_mask: jax.Array,
+                 cross_mask: jax.Array, deterministic: bool = True,
+                 decode: bool = False) -> jax.Array:
         """x [batch, target_len, embed], encoded [batch, source_len, embed],
         self_mask [batch, 1, target_len, target_len], cross_mask [batch, 1, target_len,
-        source_len] -> [batch, target_len, embed]."""
+        source_len] -> [batch, target_len, embed]. `decode` runs both attentions on their KV
+        caches (self_mask then spans the cache); encoded=None reuses the cached source."""
         cfg = self.cfg
         dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=deterministic)
         norm = functools.partial(LayerNorm, eps=cfg.layer_norm_eps, dtype=cfg.dtype)
         self_attention = MultiHeadAttention(cfg, out_init_std=cfg.init_std, name="attention")
-        cross_attention = MultiHeadAttention(cfg, out_init_std=cfg.init_std,
+        cross_attention = MultiHeadAttention(cfg, out_init_std=cfg.init_std, cross=True,
                                              name="cross_attention")
         mlp = MLP(cfg, out_init_std=cfg.init_std, name="mlp")
         x = norm(name="attention_norm")(
-            x + dropout(self_attention(x, self_mask, deterministic=deterministic)))
+            x + dropout(self_attention(x, self_mask, deterministic=deterministic, decode=decode)))
         x = norm(name="cross_attention_norm")(
-            x + dropout(cross_attention(x, cross_mask, kv=encoded, deterministic=deterministic)))
+            x + dropout(cross_attention(x, cross_mask, kv=encoded, deterministic=deterministic,
+                                        decode=decode)))
         x = norm(name="mlp_norm")(x + dropout(mlp(x, deterministic=deterministic)))
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -61,14 +64,24 @@ class _Stack(nn.Module):
     is_decoder: bool
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, encoded: jax.Array | None = None,
-                 cross_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
-        """x: token embeddings [batch, length, embed] -> [batch, length, embed]."""
+    def __call__(self, x: jax.Array, mask: jax.Array | None, encoded: jax.Array | None = None,
+                 cross_mask: jax.Array | None = None, deterministic: bool = True,
+                 decode_segments: jax.Array | None = None) -> jax.Array:
+        """x: token embeddings [batch, length, embed] -> [batch, length, embed].
+
+        decode_segments [batch, length] (decoder only; 1 real, 0 padding) decode with the KV
+        cache: the inputs take the next cache slots, whose indices are their positions, and
+        `mask` (None) is built over the cache.
+        """
         cfg = self.cfg
         if x.shape[1] > cfg.max_len:
             raise ValueError(f"sequence length {x.shape[1]} exceeds max_len={cfg.max_len}: "
                              f"raise config.model.max_len or shorten the inputs.")
-        positions = jnp.arange(x.shape[1]) + POSITION_OFFSET
+        decode = decode_segments is not None
+        first = 0
+        if decode:
+            mask, first = cached_attention_mask(self, decode_segments)
+        positions = first + jnp.arange(x.shape[1]) + POSITION_OFFSET
         x = x + Embed(cfg.max_len + POSITION_OFFSET, cfg.d_model, table_axes=("length", "embed"),
                       init_std=cfg.init_std, dtype=cfg.dtype, name="position_embed")(positions)
         x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="embed_norm")(x)
@@ -77,7 +90,8 @@ class _Stack(nn.Module):
         for i in range(self.num_layers):
             if self.is_decoder:
                 x = DecoderBlock(cfg, name=f"block_{i}")(x, encoded, mask, cross_mask,
-                                                         deterministic=deterministic)
+                                                         deterministic=deterministic,
+                                                         decode=decode)
             else:
                 x = TransformerBlock(cfg, pre_norm=False, residual_init_std=cfg.init_std,
                                      name=f"block_{i}")(x, mask, deterministic=deterministic)
@@ -95,8 +109,6 @@ class Bart(nn.Module):
     cfg: TransformerConfig
     num_decoder_layers: int | None = None
     scale_embedding: bool = False
-    # decoding.sample is decoder-only; encoder-decoder decoding comes with the decoding issue.
-    can_generate = False
 
     def setup(self):
         cfg = self.cfg
@@ -130,32 +142,35 @@ class Bart(nn.Module):
         mask = attention_mask(input_ids_mask, input_ids_mask, causal=False)
         return self.encoder(self._embed_tokens(inputs), mask, deterministic=deterministic)
 
-    def decode(self, decoder_inputs: jax.Array, encoded: jax.Array,
+    def decode(self, decoder_inputs: jax.Array, encoded: jax.Array | None,
                input_ids_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, decode: bool = False) -> jax.Array:
         """decoder_inputs [batch, target_len] int, encoded [batch, source_len, embed] ->
         float32 logits [batch, target_len, vocab].
 
         input_ids_mask is the source's (as in `encode`), decoder_mask the target's (1 real,
         0 padding); a target token attends to target tokens up to itself and to every real
-        source token.
+        source token. `decode` appends decoder_inputs to the KV cache ('cache' collection, sized
+        by `init` with decode=True); the first decode call passes `encoded`, later ones None
+        (its projections are cached) with the same input_ids_mask.
         """
         if input_ids_mask is None:
             input_ids_mask = jnp.ones(encoded.shape[:2], jnp.int32)
         if decoder_mask is None:
             decoder_mask = jnp.ones_like(decoder_inputs)
-        self_mask = attention_mask(decoder_mask, decoder_mask, causal=True)
+        self_mask = None if decode else attention_mask(decoder_mask, decoder_mask, causal=True)
         cross_mask = attention_mask(decoder_mask, input_ids_mask, causal=False)
         x = self.decoder(self._embed_tokens(decoder_inputs), self_mask, encoded, cross_mask,
-                         deterministic=deterministic)
+                         deterministic=deterministic,
+                         decode_segments=decoder_mask if decode else None)
         logits = add_bias(self.token_embed.attend(x), self.final_logits_bias)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
     def __call__(self, inputs: jax.Array, decoder_inputs: jax.Array,
                  input_ids_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
-                 deterministic: bool = True) -> jax.Array:
+                 deterministic: bool = True, decode: bool = False) -> jax.Array:
         """inputs [batch, source_len], decoder_inputs [batch, target_len] int ->
         float32 logits [batch, target_len, vocab]; masks as in `encode` and `decode`."""
         encoded = self.encode(inputs, input_ids_mask, deterministic=deterministic)
         return self.decode(decoder_inputs, encoded, input_ids_mask, decoder_mask,
-                           deterministic=deterministic)
+                           deterministic=deterministic, decode=decode)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
-                                       attention_mask)
+                                       attention_mask, cached_attention_mask)
 
 
 class DecoderLM(nn.Module):
@@ -29,10 +29,13 @@ class DecoderLM(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, segment_ids: jax.Array | None = None,
-                 positions: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+                 positions: jax.Array | None = None, deterministic: bool = True,
+                 decode: bool = False) -> jax.Array:
         """inputs [batch, length] int -> float32 logits [batch, length, vocab].
 
         segment_ids (0 = padding) keep packed documents apart; positions restart per document.
+        `decode` appends the inputs to the KV cache ('cache' collection, sized by `init` with
+        decode=True) and attends over everything cached; pass the positions then.
         """
         cfg = self.cfg
         if segment_ids is None:
@@ -47,14 +50,18 @@ class DecoderLM(nn.Module):
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-        mask = attention_mask(segment_ids, segment_ids, causal=True)
+        if decode:
+            mask, _ = cached_attention_mask(self, segment_ids)
+        else:
+            mask = attention_mask(segment_ids, segment_ids, causal=True)
         residual_init_std = cfg.init_std
         if self.scale_residual_init:
             # GPT-2 §2.3: residual projections scaled by 1/sqrt(N), N = 2 residual layers per block.
             residual_init_std /= np.sqrt(2 * cfg.num_layers)
         for i in range(cfg.num_layers):
             x = TransformerBlock(cfg, pre_norm=self.pre_norm, residual_init_std=residual_init_std,
-                                 name=f"block_{i}")(x, mask, deterministic=deterministic)
+                                 name=f"block_{i}")(x, mask, deterministic=deterministic,
+                                                    decode=decode)
         if self.pre_norm:  # post-LN blocks already end in a LayerNorm
             x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="final_norm")(x)
         logits = token_embed.attend(x)

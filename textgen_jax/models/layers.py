@@ -248,32 +248,70 @@ def attention_mask(query_segments: Array, key_segments: Array, causal: bool) -> 
     return mask[:, None]
 
 
+def cached_attention_mask(module: nn.Module, segment_ids: Array) -> tuple[Array, Array]:
+    """The decode-time self-attention mask of the tokens a call writes into the KV cache.
+
+    `segment_ids` [batch, q_len] (0 = padding) belong to the next q_len cache slots; the cache
+    keeps every slot's id (variable 'segment_ids' of the 'cache' collection, length = the
+    length of the `init` call) so a query attends to the earlier-or-same slots of its segment.
+    Returns the mask [batch, 1, q_len, cache_len] and the first slot written (a scalar). At
+    `init` nothing is cached: the mask is the plain causal one and the first slot 0.
+    """
+    initialized = module.has_variable("cache", "segment_ids")
+    cached = module.variable("cache", "segment_ids", jnp.zeros, segment_ids.shape, jnp.int32)
+    index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if not initialized:
+        return attention_mask(segment_ids, segment_ids, causal=True), jnp.zeros((), jnp.int32)
+    start = index.value
+    keys = jax.lax.dynamic_update_slice(cached.value, segment_ids.astype(jnp.int32), (0, start))
+    cached.value = keys
+    index.value = start + segment_ids.shape[1]
+    query_slots = start + jnp.arange(segment_ids.shape[1])
+    mask = ((segment_ids[:, :, None] == keys[:, None, :]) & (keys[:, None, :] > 0)
+            & (query_slots[:, None] >= jnp.arange(keys.shape[1])[None, :])[None])
+    return mask[:, None], start
+
+
 class MultiHeadAttention(nn.Module):
-    """Multi-head dot-product attention; keys/values from `kv` (cross-attention) or x."""
+    """Multi-head dot-product attention; keys/values from `kv` (cross-attention) or x.
+
+    With `decode=True` keys and values live in the 'cache' collection, [batch, heads,
+    cache_len, kv], sized by the `init` call: self-attention writes each call's keys at the
+    next slots and attends over the whole cache (the mask hides unwritten slots);
+    cross-attention (`cross=True`) projects `kv` once, on the call that passes it, and later
+    calls pass kv=None to reuse it.
+    """
 
     cfg: TransformerConfig
     out_init_std: float = 0.02
+    cross: bool = False
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, kv: Array | None = None,
-                 deterministic: bool = True) -> Array:
+                 deterministic: bool = True, decode: bool = False) -> Array:
         """x [batch, q_len, embed], mask [batch, 1, q_len, k_len] -> [batch, q_len, embed]."""
         cfg = self.cfg
-        kv = x if kv is None else kv
         proj = functools.partial(
             DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
             kernel_axes=("embed", "heads", "kv"), dtype=cfg.dtype,
             kernel_init=nn.initializers.normal(cfg.init_std))
         query = proj(name="query")(x)
-        key = proj(name="key")(kv)
-        value = proj(name="value")(kv)
         query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
-        key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
-        value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
-
         # Heads lead ([batch, heads, length, kv]) so that every matmul of the attention and of
         # its gradient is one XLA:CPU runs in bfloat16 with float32 accumulation.
-        query, key, value = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))
+        query = jnp.swapaxes(query, 1, 2)
+        if kv is None and not (self.cross and decode):
+            kv = x
+        if kv is not None:
+            key = nn.with_logical_constraint(proj(name="key")(kv),
+                                             ("batch", "length", "heads", "kv"))
+            value = nn.with_logical_constraint(proj(name="value")(kv),
+                                               ("batch", "length", "heads", "kv"))
+            key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
+        if decode:
+            key, value = self._cached(key if kv is not None else None,
+                                      value if kv is not None else None)
+
         query = query / np.sqrt(cfg.head_dim).astype(cfg.dtype)
         scores = einsum("bhqd,bhkd->bhqk", query, key, out_dtype=jnp.float32)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
@@ -285,6 +323,26 @@ class MultiHeadAttention(nn.Module):
             features=cfg.d_model, in_axes=2, kernel_axes=("heads", "kv", "embed"),
             dtype=cfg.dtype, kernel_init=nn.initializers.normal(self.out_init_std),
             name="out")(out)
+
+    def _cached(self, key: Array | None, value: Array | None) -> tuple[Array, Array]:
+        """The keys and values to attend over in decode mode, [batch, heads, cache_len, kv]."""
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape if key is not None
+                                   else (), self.cfg.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, cached_key.value.shape,
+                                     self.cfg.dtype)
+        if self.cross:  # the whole source at once; None = reuse it
+            if key is not None:
+                cached_key.value, cached_value.value = key, value
+            return cached_key.value, cached_value.value
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        if not initialized:  # init: the cache takes its length from this call; nothing cached
+            return key, value
+        start = (0, 0, index.value, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        index.value = index.value + key.shape[2]
+        return cached_key.value, cached_value.value
 
 
 class MLP(nn.Module):
@@ -322,15 +380,17 @@ class TransformerBlock(nn.Module):
     pre_norm: bool
     residual_init_std: float = 0.02
 
-    def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
-        if self.cfg.remat == "none":
-            return self.layer(x, mask, deterministic)
+    def __call__(self, x: Array, mask: Array, deterministic: bool = True,
+                 decode: bool = False) -> Array:
+        """x [batch, length, embed] -> same; `decode` runs the attention on its KV cache."""
+        if self.cfg.remat == "none" or decode:
+            return self.layer(x, mask, deterministic, decode)
         # Same parameters; the backward pass recomputes what the policy did not keep.
         return nn.remat(TransformerBlock.layer, policy=REMAT_POLICIES[self.cfg.remat],
-                        static_argnums=(3,))(self, x, mask, deterministic)
+                        static_argnums=(3, 4))(self, x, mask, deterministic, decode)
 
     @nn.compact
-    def layer(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    def layer(self, x: Array, mask: Array, deterministic: bool, decode: bool) -> Array:
         cfg = self.cfg
         dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=deterministic)
         norm = functools.partial(LayerNorm, eps=cfg.layer_norm_eps, dtype=cfg.dtype)
@@ -338,10 +398,10 @@ class TransformerBlock(nn.Module):
         mlp = MLP(cfg, out_init_std=self.residual_init_std, name="mlp")
         if self.pre_norm:
             x = x + dropout(attention(norm(name="attention_norm")(x), mask,
-                                      deterministic=deterministic))
+                                      deterministic=deterministic, decode=decode))
             x = x + dropout(mlp(norm(name="mlp_norm")(x), deterministic=deterministic))
         else:
-            x = norm(name="attention_norm")(x + dropout(attention(x, mask,
-                                                                   deterministic=deterministic)))
+            x = norm(name="attention_norm")(x + dropout(
+                attention(x, mask, deterministic=deterministic, decode=decode)))
             x = norm(name="mlp_norm")(x + dropout(mlp(x, deterministic=deterministic)))
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
-                                       add_bias, attention_mask)
+                                       add_bias, attention_mask, cached_attention_mask)
 
 
 def sinusoidal_position_table(num_positions: int, d_model: int) -> np.ndarray:
@@ -38,8 +38,11 @@ class Xlm(nn.Module):
     num_languages: int = 1
     sinusoidal_positions: bool = False
     causal: bool = False
-    # The generation path calls decoder-style models; XLM's second argument is languages.
-    can_generate = False
+
+    @property
+    def can_generate(self) -> bool:
+        """Only the causal (CLM) mode has a next-token head to decode with."""
+        return self.causal
 
     def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
         """Arguments of a minimal call, for `init` (shapes only matter)."""
@@ -48,13 +51,14 @@ class Xlm(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array, langs: jax.Array | None = None,
                  positions: jax.Array | None = None, attention_ids: jax.Array | None = None,
-                 deterministic: bool = True) -> jax.Array:
+                 deterministic: bool = True, decode: bool = False) -> jax.Array:
         """inputs [batch, length] int -> float32 logits [batch, length, vocab].
 
         langs [batch, length]: language ids in [0, num_languages); ignored with one language,
         and, as in the reference, no language embedding is added when None. attention_ids
         [batch, length]: 0 for padding, which no token attends to; tokens attend only to tokens
-        with the same id (default all ones). positions default to 0, 1, ...
+        with the same id (default all ones). positions default to 0, 1, ... `decode` (causal
+        mode only) appends the inputs to the KV cache, as in DecoderLM.
         """
         cfg = self.cfg
         if attention_ids is None:
@@ -78,10 +82,18 @@ class Xlm(nn.Module):
 
         # The reference also zeroes padded hidden states after every layer; since no token
         # attends to padding here, that changes no real token's output and is left out.
-        mask = attention_mask(attention_ids, attention_ids, causal=self.causal)
+        if decode:
+            if not self.causal:
+                raise ValueError("config.model.causal=False: a bidirectional XLM has no "
+                                 "next-token head to decode with; use fill-mask, or train with "
+                                 "--config.model.causal=True to generate.")
+            mask, _ = cached_attention_mask(self, attention_ids)
+        else:
+            mask = attention_mask(attention_ids, attention_ids, causal=self.causal)
         for i in range(cfg.num_layers):
             x = TransformerBlock(cfg, pre_norm=False, residual_init_std=cfg.init_std,
-                                 name=f"block_{i}")(x, mask, deterministic=deterministic)
+                                 name=f"block_{i}")(x, mask, deterministic=deterministic,
+                                                    decode=decode)
 
         bias = self.param("output_bias",
                           nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),

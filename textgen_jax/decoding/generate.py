@@ -1,0 +1,468 @@
+"""Generation with a KV cache for every generator: GPT, GPT-2, causal XLM and BART.
+
+The prompt (BART: the encoder's output) is written into the cache by one call, then each new
+token costs one call on one position. Greedy, sampling (temperature, top-k, top-p) and beam
+search share the logits processors of Hugging Face's `generate`, in its order: repetition
+penalty, no-repeat n-grams, min new tokens, then temperature, top-k, top-p. The token loop is
+one compiled `lax.while_loop`; a call compiles once per (model, batch, prompt width, options)
+and never per token. Prompts of different lengths are left-padded, each row keeping its own
+positions, and a row stops at its EOS (the loop stops when every row has).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from textgen_jax.models.bart import Bart
+from textgen_jax.models.xlm import Xlm
+
+NEG_INF = -jnp.inf
+# Prompt widths round up to a multiple of this, so prompts of nearby lengths share one compile
+# (left padding with per-row positions makes the width free of meaning).
+PROMPT_WIDTH_MULTIPLE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """How to pick the new tokens; the defaults are greedy decoding of up to 32 tokens.
+
+    temperature 0 is greedy; above 0 samples, after top_k (0 = off) and top_p (1 = off).
+    num_beams > 1 is beam search (deterministic: the sampling options do not apply), scored
+    as sum of log-probabilities / generated_length ** length_penalty; early_stopping is True
+    (stop a row at num_beams finished hypotheses), False (stop when no running beam can still
+    win, judged at the current length) or "never" (judged at the longest possible length).
+    """
+
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad option and its fix."""
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1.")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens={self.min_new_tokens} must lie in [0, "
+                             f"max_new_tokens={self.max_new_tokens}].")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 = greedy).")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 = no top-k filter).")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must lie in (0, 1] (1 = no nucleus filter).")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0 "
+                             "(1 = off, above 1 discourages repeats).")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size={self.no_repeat_ngram_size} must be >= 0 "
+                             "(0 = off).")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams={self.num_beams} must be >= 1 (1 = no beam search).")
+        if self.early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping={self.early_stopping!r} must be True, False or "
+                             "'never'.")
+
+
+class _Plan(NamedTuple):
+    """The static (compile-time) part of the options."""
+
+    num_new: int
+    greedy: bool
+    top_k: int
+    use_top_p: bool
+    repetition_penalty: float
+    no_repeat_ngram_size: int
+    min_new_tokens: int
+    num_beams: int
+    length_penalty: float
+    early_stopping: bool | str
+    eos_id: int
+    pad_id: int
+    stream: bool
+
+
+# ---- the models behind one interface -----------------------------------------------------
+
+
+def _empty_cache(init: Callable[[], Any]) -> Any:
+    """Zeros shaped like the 'cache' collection that `init` (a decode=True init) creates."""
+    shapes = jax.eval_shape(init)["cache"]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CausalLM:
+    """GPT, GPT-2 and causal XLM. Batch: 'prompt' [batch, width] left-padded, 'lengths' [batch]
+    (and 'language' [batch] for XLM). Row r's token at slot s has position s - padding_r."""
+
+    model: nn.Module
+
+    def _apply(self, params, cache, tokens, segments, positions, language):
+        variables = {"params": params, "cache": cache}
+        if isinstance(self.model, Xlm):
+            logits, updated = self.model.apply(
+                variables, tokens, langs=jnp.broadcast_to(language[:, None], tokens.shape),
+                positions=positions, attention_ids=segments, decode=True, mutable=["cache"])
+        else:
+            logits, updated = self.model.apply(variables, tokens, segments, positions,
+                                               decode=True, mutable=["cache"])
+        return logits[:, -1].astype(jnp.float32), updated["cache"]
+
+    def history(self, batch):
+        prompt = batch["prompt"]
+        return prompt, prompt.shape[1] - batch["lengths"]
+
+    def start(self, params, batch, cache_len):
+        prompt, first = self.history(batch)
+        rows, width = prompt.shape
+        cache = _empty_cache(lambda: self.model.init(
+            jax.random.key(0), jnp.ones((rows, cache_len), jnp.int32), decode=True))
+        slots = jnp.arange(width)[None]
+        segments = (slots >= first[:, None]).astype(jnp.int32)
+        positions = jnp.maximum(slots - first[:, None], 0)
+        return self._apply(params, cache, prompt, segments, positions, batch.get("language"))
+
+    def step(self, params, cache, batch, tokens, i):
+        position = (batch["lengths"] + i)[:, None]
+        return self._apply(params, cache, tokens[:, None], jnp.ones_like(position), position,
+                           batch.get("language"))
+
+
+@dataclasses.dataclass(frozen=True)
+class _EncoderDecoder:
+    """BART. Batch: 'source' [batch, source_len] right-padded, 'source_mask' [batch,
+    source_len]; the decoder starts from `decoder_start_id` and the encoder runs once."""
+
+    model: Bart
+    decoder_start_id: int
+
+    def history(self, batch):
+        rows = batch["source"].shape[0]
+        return (jnp.full((rows, 1), self.decoder_start_id, jnp.int32),
+                jnp.zeros((rows,), jnp.int32))
+
+    def start(self, params, batch, cache_len):
+        source, mask = batch["source"], batch["source_mask"]
+        rows = source.shape[0]
+        encoded = self.model.apply({"params": params}, source, mask, method=Bart.encode)
+        cache = _empty_cache(lambda: self.model.init(
+            jax.random.key(0), source, jnp.ones((rows, cache_len), jnp.int32), mask,
+            decode=True))
+        return self._decode(params, cache, self.history(batch)[0], encoded, mask)
+
+    def step(self, params, cache, batch, tokens, i):
+        del i  # the cache knows the next position
+        return self._decode(params, cache, tokens[:, None], None, batch["source_mask"])
+
+    def _decode(self, params, cache, tokens, encoded, mask):
+        logits, updated = self.model.apply({"params": params, "cache": cache}, tokens, encoded,
+                                           mask, decode=True, method=Bart.decode,
+                                           mutable=["cache"])
+        return logits[:, -1].astype(jnp.float32), updated["cache"]
+
+
+def generator_for(model: nn.Module, decoder_start_id: int = 0):
+    """The generation interface of a model; ValueError for a model that cannot generate."""
+    if not getattr(model, "can_generate", True):
+        raise ValueError(
+            f"{type(model).__name__} (causal={getattr(model, 'causal', False)}) is an encoder "
+            "with no next-token head, so it cannot generate; use fill-mask with it, or a gpt, "
+            "gpt2, causal xlm (--config.model.causal=True) or bart checkpoint to generate.")
+    if isinstance(model, Bart):
+        return _EncoderDecoder(model, decoder_start_id)
+    return _CausalLM(model)
+
+
+# ---- logits processors ---------------------------------------------------------------------
+
+
+def _process(scores, history, first, length, i, plan: _Plan):
+    """HF's logits processors on float32 scores [rows, vocab]: history [rows, slots] holds the
+    tokens so far in slots [first, length) (the prompt, BART's decoder start, new tokens)."""
+    rows, vocab = scores.shape
+    row_ids = jnp.arange(rows)[:, None]
+    slots = jnp.arange(history.shape[1])[None]
+    if plan.repetition_penalty != 1.0:  # CTRL (Keskar et al. 2019 §4.1), as in HF
+        seen = (slots >= first[:, None]) & (slots < length)
+        present = jnp.zeros((rows, vocab), bool).at[row_ids, history].max(seen)
+        penalized = jnp.where(scores < 0, scores * plan.repetition_penalty,
+                              scores / plan.repetition_penalty)
+        scores = jnp.where(present, penalized, scores)
+    n = plan.no_repeat_ngram_size
+    if n > 0 and n <= history.shape[1]:
+        # Ban every token that would complete an n-gram already present in the history.
+        starts = history.shape[1] - n + 1
+        suffix = jax.lax.dynamic_slice_in_dim(history, jnp.maximum(length - (n - 1), 0), n - 1,
+                                              axis=1)
+        match = ((jnp.arange(starts)[None] >= first[:, None])
+                 & (jnp.arange(starts)[None] + n <= length))
+        for k in range(n - 1):
+            match &= history[:, k:k + starts] == suffix[:, k:k + 1]
+        banned = jnp.zeros((rows, vocab), bool).at[row_ids, history[:, n - 1:]].max(match)
+        scores = jnp.where(banned, NEG_INF, scores)
+    if plan.min_new_tokens > 0:
+        scores = scores.at[:, plan.eos_id].set(
+            jnp.where(i < plan.min_new_tokens, NEG_INF, scores[:, plan.eos_id]))
+    return scores
+
+
+def _warp(scores, temperature, top_p, plan: _Plan):
+    """Temperature, top-k, then top-p (nucleus: the smallest set of most likely tokens whose
+    probability reaches top_p; Holtzman et al. 2019 §3.1) on float32 scores [rows, vocab]."""
+    scores = scores / temperature
+    if 0 < plan.top_k < scores.shape[-1]:
+        kth = jax.lax.top_k(scores, plan.top_k)[0][:, -1:]
+        scores = jnp.where(scores < kth, NEG_INF, scores)
+    if plan.use_top_p:
+        ordered = -jnp.sort(-scores, axis=-1)
+        probs = jax.nn.softmax(ordered, axis=-1)
+        kept = jnp.cumsum(probs, axis=-1) - probs < top_p  # the mass before a token
+        threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
+        scores = jnp.where(scores < threshold, NEG_INF, scores)
+    return scores
+
+
+# ---- the compiled token loops --------------------------------------------------------------
+
+_stream_sinks: list[Callable[[np.ndarray], None]] = []
+
+
+def _emit(tokens: np.ndarray) -> None:
+    for sink in _stream_sinks:
+        sink(np.asarray(tokens))
+
+
+def _write(history, column, tokens):
+    """history [..., slots] with tokens [...] written at slot `column`."""
+    return jax.lax.dynamic_update_index_in_dim(history, tokens[..., None].astype(history.dtype),
+                                               column, axis=history.ndim - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "plan"))
+def _sample_loop(generator, params, batch, rng, temperature, top_p, *, plan: _Plan):
+    """Greedy or sampled tokens [batch, num_new] (pad after a row's EOS)."""
+    prompt, first = generator.history(batch)
+    width = prompt.shape[1]
+    logits, cache = generator.start(params, batch, width + plan.num_new)
+    rows = prompt.shape[0]
+    history = jnp.concatenate(
+        [prompt, jnp.full((rows, plan.num_new), plan.pad_id, jnp.int32)], axis=1)
+
+    def choose(state):
+        i, history, logits, cache, finished, rng = state
+        scores = _process(logits, history, first, width + i, i, plan)
+        if plan.greedy:
+            token = jnp.argmax(scores, axis=-1)
+        else:
+            rng, key = jax.random.split(rng)
+            token = jax.random.categorical(key, _warp(scores, temperature, top_p, plan))
+        token = jnp.where(finished, plan.pad_id, token).astype(jnp.int32)
+        if plan.stream:
+            jax.debug.callback(_emit, token, ordered=True)
+        return i, _write(history, width + i, token), logits, cache, finished | (
+            token == plan.eos_id), rng
+
+    def advance(state):
+        i, history, _, cache, finished, rng = state
+        logits, cache = generator.step(params, cache, batch, history[:, width + i], i)
+        return i, history, logits, cache, finished, rng
+
+    def body(state):
+        state = choose(state)
+        i, _, _, _, finished, _ = state
+        state = jax.lax.cond((i + 1 < plan.num_new) & ~finished.all(), advance,
+                             lambda s: s, state)
+        return (i + 1,) + state[1:]
+
+    state = (jnp.zeros((), jnp.int32), history, logits, cache, jnp.zeros((rows,), bool), rng)
+    state = jax.lax.while_loop(lambda s: (s[0] < plan.num_new) & ~s[4].all(), body, state)
+    return state[1][:, width:]
+
+
+def _reorder_cache(cache, rows):
+    """The cache of the beams `rows` [batch * num_beams]; cross-attention caches (the encoder
+    output, equal across a row's beams) are left alone."""
+    def take(path, leaf):
+        names = {getattr(key, "key", None) for key in path}
+        return leaf if leaf.ndim == 0 or "cross_attention" in names else leaf[rows]
+    return jax.tree_util.tree_map_with_path(take, cache)
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "plan"))
+def _beam_loop(generator, params, batch, *, plan: _Plan):
+    """The best beam's tokens [batch, num_new] (pad after its EOS), with HF's beam search
+    semantics (top 2 * num_beams candidates per step, finished hypotheses scored with the
+    length penalty, early stopping True / False / 'never')."""
+    k = plan.num_beams
+    prompt, first = generator.history(batch)
+    rows, width = prompt.shape
+    slots = width + plan.num_new
+    logits, cache = generator.start(params, batch, slots)
+    # Start on one row per prompt, then copy each row's cache into its beams.
+    expand = lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x  # noqa: E731
+    logits, cache, batch = expand(logits), jax.tree.map(expand, cache), jax.tree.map(expand,
+                                                                                   batch)
+    first = jnp.repeat(first, k)
+    vocab = logits.shape[-1]
+    history = jnp.concatenate([prompt, jnp.full((rows, plan.num_new), plan.pad_id, jnp.int32)],
+                              axis=1)
+    running = jnp.repeat(history[:, None], k, axis=1)  # [batch, beams, slots]
+    running_scores = jnp.zeros((rows, k)).at[:, 1:].set(-1e9)
+    top_beams = jnp.arange(2 * k) < k
+    gather = lambda x, index: jnp.take_along_axis(  # noqa: E731
+        x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    def choose(state):
+        (i, running, running_scores, finished_seqs, finished_scores, is_finished, unsatisfied,
+         logits, cache, _, _) = state
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        log_probs = _process(log_probs, running.reshape(rows * k, slots), first, width + i, i,
+                             plan)
+        totals = (log_probs.reshape(rows, k, vocab) + running_scores[:, :, None])
+        topk_scores, topk_index = jax.lax.top_k(totals.reshape(rows, k * vocab), 2 * k)
+        origin, token = topk_index // vocab, topk_index % vocab
+        candidates = _write(gather(running, origin), width + i, token)
+        hits = (token == plan.eos_id) | (i + 1 >= plan.num_new)
+        # Running beams: the best num_beams candidates that did not just finish.
+        running_scores, best = jax.lax.top_k(topk_scores - 1e9 * hits, k)
+        running, origin = gather(candidates, best), gather(origin, best)
+        # Finished hypotheses: merge those of the top num_beams candidates that just finished.
+        scores = topk_scores / ((i + 1).astype(jnp.float32) ** plan.length_penalty)
+        if plan.early_stopping is True:
+            scores -= 1e9 * is_finished.all(axis=-1, keepdims=True)
+        scores -= 1e9 * ~unsatisfied
+        just_finished = hits & top_beams[None]
+        scores -= 1e9 * ~just_finished
+        merged_scores = jnp.concatenate([finished_scores, scores], axis=1)
+        finished_scores, best = jax.lax.top_k(merged_scores, k)
+        finished_seqs = gather(jnp.concatenate([finished_seqs, candidates], axis=1), best)
+        is_finished = gather(jnp.concatenate([is_finished, just_finished], axis=1), best)
+        # Can a running beam still beat the worst finished hypothesis?
+        if plan.early_stopping == "never" and plan.length_penalty > 0:
+            best_length = jnp.float32(plan.num_new)
+        else:
+            best_length = (i + 1).astype(jnp.float32)
+        best_running = running_scores[:, :1] / best_length ** plan.length_penalty
+        worst = jnp.where(is_finished, finished_scores.min(axis=1, keepdims=True), -1e9)
+        unsatisfied = unsatisfied & (best_running > worst).any(axis=-1, keepdims=True)
+        go_on = unsatisfied.any() & ~hits.all()
+        if plan.early_stopping is True:
+            go_on &= ~is_finished.all()
+        return (i, running, running_scores, finished_seqs, finished_scores, is_finished,
+                unsatisfied, logits, cache, origin, go_on)
+
+    def advance(state):
+        i, running, *rest, logits, cache, origin, go_on = state
+        beams = (jnp.arange(rows)[:, None] * k + origin).reshape(-1)
+        logits, cache = generator.step(params, _reorder_cache(cache, beams), batch,
+                                       running[:, :, width + i].reshape(-1), i)
+        return (i, running, *rest, logits, cache, origin, go_on)
+
+    def body(state):
+        state = choose(state)
+        state = jax.lax.cond(state[-1] & (state[0] + 1 < plan.num_new), advance, lambda s: s,
+                             state)
+        return (state[0] + 1,) + state[1:]
+
+    state = (jnp.zeros((), jnp.int32), running, running_scores, running,
+             jnp.full((rows, k), -1e9), jnp.zeros((rows, k), bool), jnp.ones((rows, 1), bool),
+             logits, cache, jnp.zeros((rows, k), jnp.int32), jnp.array(True))
+    state = jax.lax.while_loop(lambda s: s[-1] & (s[0] < plan.num_new), body, state)
+    return state[3][:, 0, width:]
+
+
+# ---- entry points --------------------------------------------------------------------------
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def generate_ids(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]],
+                 options: GenerationOptions, *, eos_id: int, pad_id: int,
+                 decoder_start_id: int | None = None, language_id: int = 0,
+                 stream: Callable[[np.ndarray], None] | None = None) -> list[list[int]]:
+    """New token ids for each prompt (token ids), without the prompt, cut before EOS.
+
+    A decoder-only model continues the prompt; BART reads it as its source and decodes from
+    `decoder_start_id` (default eos_id, as it was trained). Decoder-only prompts hold at most
+    max_len - 1 tokens and max_new_tokens shrinks to the room left. `stream`, called with each
+    step's tokens [batch] (pad once a row is done), sees them as they are produced.
+    """
+    options.validate()
+    generator = generator_for(model, eos_id if decoder_start_id is None else decoder_start_id)
+    if not prompts:
+        raise ValueError("no prompts given; pass at least one prompt.")
+    for index, ids in enumerate(prompts):
+        if len(ids) == 0:
+            raise ValueError(f"prompt {index} is empty; give each prompt at least one token "
+                             "of text.")
+    max_len = model.cfg.max_len
+    longest = max(len(ids) for ids in prompts)
+    rows = len(prompts)
+    if isinstance(generator, _EncoderDecoder):
+        if longest > max_len:
+            raise ValueError(f"a source of {longest} tokens is longer than the model's context "
+                             f"of {max_len} (config.model.max_len); shorten the prompt.")
+        width = min(_round_up(longest, PROMPT_WIDTH_MULTIPLE), max_len)
+        source = np.full((rows, width), pad_id, np.int32)
+        for row, ids in enumerate(prompts):
+            source[row, :len(ids)] = ids
+        batch = {"source": source, "source_mask": (np.arange(width)[None] < np.array(
+            [len(ids) for ids in prompts])[:, None]).astype(np.int32)}
+        num_new = min(options.max_new_tokens, max_len - 1)
+    else:
+        if longest >= max_len:
+            raise ValueError(f"a prompt of {longest} tokens leaves no room in the model's "
+                             f"context of {max_len} (config.model.max_len); shorten the prompt "
+                             f"to at most {max_len - 1} tokens.")
+        width = _round_up(longest, PROMPT_WIDTH_MULTIPLE)
+        prompt = np.full((rows, width), pad_id, np.int32)
+        for row, ids in enumerate(prompts):
+            prompt[row, width - len(ids):] = ids
+        batch = {"prompt": prompt, "lengths": np.array([len(ids) for ids in prompts], np.int32)}
+        if isinstance(model, Xlm):
+            batch["language"] = np.full((rows,), language_id, np.int32)
+        num_new = min(options.max_new_tokens, max_len - longest)
+    plan = _Plan(num_new=num_new, greedy=options.temperature == 0, top_k=options.top_k,
+                 use_top_p=options.top_p < 1, repetition_penalty=float(options.repetition_penalty),
+                 no_repeat_ngram_size=options.no_repeat_ngram_size,
+                 min_new_tokens=min(options.min_new_tokens, num_new),
+                 num_beams=options.num_beams, length_penalty=float(options.length_penalty),
+                 early_stopping=options.early_stopping, eos_id=eos_id, pad_id=pad_id,
+                 stream=stream is not None and options.num_beams == 1)
+    batch = jax.tree.map(jnp.asarray, batch)
+    if plan.stream:
+        _stream_sinks.append(stream)
+    try:
+        if options.num_beams > 1:
+            out = _beam_loop(generator, params, batch, plan=plan)
+        else:
+            out = _sample_loop(generator, params, batch, jax.random.key(options.seed),
+                               jnp.float32(max(options.temperature, 1e-6)),
+                               jnp.float32(options.top_p), plan=plan)
+        out = np.asarray(out)
+        if plan.stream:
+            jax.effects_barrier()
+    finally:
+        if plan.stream:
+            _stream_sinks.remove(stream)
+    results = []
+    for row in out.tolist():
+        results.append(row[:row.index(eos_id)] if eos_id in row else row)
+    return results
