@@ -3,13 +3,16 @@
 Every machine with Python has it, it needs no download, and it is real English prose written
 by others, which makes it the default corpus of quick starts and tests (DESIGN.md, decision 7).
 
-Two configs:
+Three configs:
   * `stdlib_docstrings/documents`: one example per module, feature `text` = the module
     docstring followed by the docstrings of its classes, functions and methods, in source order,
     joined by blank lines.
   * `stdlib_docstrings/pairs`: one example per function or method with a docstring, features
     `code` (its source without the docstring), `docstring` and `text` (= the docstring, so the
     LM pipeline reads either config through the same `text` key).
+  * `stdlib_docstrings/kinds`: one example per documented module, class and function, features
+    `text` (the docstring), `label` (function / class / module, what it documents) and
+    `module` (the module's path): the docstring-kind and -similarity fine-tuning tasks.
 
 Train/validation is decided per module by a stable hash of its path, so a module never lands in
 both splits. The standard library differs between Python versions, so the prepared data lives
@@ -124,8 +127,24 @@ def module_pairs(source: str, tree: ast.Module) -> Iterator[tuple[str, str, str]
     yield from visit(tree, "")
 
 
+DOCSTRING_KINDS = ("function", "class", "module")
+
+
+def documented_nodes(tree: ast.Module) -> Iterator[tuple[str, str, str]]:
+    """(unique key, kind from DOCSTRING_KINDS, docstring) for the module and each class and
+    function under it that has a docstring, in source order."""
+    for node in [tree, *_definitions(tree)]:
+        docstring = ast.get_docstring(node, clean=True)
+        if docstring and docstring.strip():
+            if isinstance(node, ast.Module):
+                yield "<module>", "module", docstring.strip()
+            else:
+                kind = "class" if isinstance(node, ast.ClassDef) else "function"
+                yield f"{node.name}@{node.lineno}", kind, docstring.strip()
+
+
 class StdlibDocstringsConfig(tfds.core.BuilderConfig):
-    """`documents` or `pairs`; see the module docstring."""
+    """`documents`, `pairs` or `kinds`; see the module docstring."""
 
 
 class StdlibDocstrings(LocalGeneratorBasedBuilder):
@@ -140,12 +159,18 @@ class StdlibDocstrings(LocalGeneratorBasedBuilder):
         StdlibDocstringsConfig(
             name="pairs",
             description=f"Function code/docstring pairs of the Python {PYTHON_VERSION} stdlib."),
+        StdlibDocstringsConfig(
+            name="kinds",
+            description=f"Docstrings of the Python {PYTHON_VERSION} stdlib by what they document."),
     ]
     DEFAULT_CONFIG_NAME = "documents"
 
     def _info(self) -> tfds.core.DatasetInfo:
         if self.builder_config.name == "documents":
             features = {"text": tfds.features.Text()}
+        elif self.builder_config.name == "kinds":
+            features = {"text": tfds.features.Text(), "module": tfds.features.Text(),
+                        "label": tfds.features.ClassLabel(names=DOCSTRING_KINDS)}
         else:
             features = {"code": tfds.features.Text(), "docstring": tfds.features.Text(),
                         "text": tfds.features.Text()}
@@ -174,6 +199,10 @@ class StdlibDocstrings(LocalGeneratorBasedBuilder):
                 document = module_document(tree)
                 if len(document) >= MIN_DOCUMENT_CHARS:
                     yield relative_path, {"text": document}
+            elif self.builder_config.name == "kinds":
+                for key, kind, docstring in documented_nodes(tree):
+                    yield f"{relative_path}:{key}", {
+                        "text": docstring, "module": relative_path, "label": kind}
             else:
                 for name, code, docstring in module_pairs(source, tree):
                     yield f"{relative_path}:{name}", {

@@ -1,0 +1,432 @@
+"""grain pipelines for fine-tuning: a task's examples -> each architecture's input rows -> batches.
+
+`finetune_dataset(config, tokenizer, split)` reads the task config.task.name (finetune/tasks.py)
+and formats rows for config.model.arch. Every array is numpy, int32 unless noted; L is
+config.data.seq_len, B the local batch. Texts are truncated so that no row exceeds L (a pair
+loses tokens from the end of its longer text first, as BERT's truncate_seq_pair).
+
+Text rows (classification, regression, similarity, and each choice of multiple_choice):
+  bert   inputs `[cls] A [sep] B [sep]`, token_types (0 up to the first [sep], 1 after),
+         positions, attention_ids (1 real, 0 padding).
+  xlm    inputs `[bos] A [eos] B [eos]`, langs (config.task.language's index in
+         config.data.languages, 0 with none), positions, attention_ids.
+  gpt, gpt2  inputs `start A delim B extract` (GPT §3.3) with the existing reserved ids:
+         start = bos, delim = '<sep>', extract = eos; positions, attention_ids, and
+         extract_positions [B] (the index of the extract token, whose state the head reads).
+  bart   inputs `[bos] A [eos] [eos] B [eos]` (fairseq's pair format), input_mask (1 real),
+         decoder_inputs = eos + inputs[:-1] and decoder_mask (the same tokens, fed to the
+         decoder, BART §3.1), extract_positions [B] (the final eos, whose decoder state the head
+         reads, as Hugging Face's BartForSequenceClassification).
+  labels [B]: int32 classes, float32 for a score (Task.is_regression).
+  similarity on gpt/gpt2: every key gains an order axis, [B, 2, L], rows (A, B) and (B, A)
+         whose states the head adds (GPT §3.3).
+  multiple_choice: every key gains a choice axis, [B, num_choices, L], one row per
+         `context, choice` pair; labels [B] the right choice.
+
+extractive_qa (bert, xlm): the text row of (question, context), plus start_positions,
+  end_positions [B] (the answer's first and last token; 0, the [cls] position, when the answer
+  was cut off or is not in the context), context_offsets [B, L, 2] (the character span in the
+  context of the word each context token belongs to, -1 elsewhere) and example_index [B] (the
+  example's index in the split, to read its context and answers for `best_answer_span`).
+
+seq2seq:
+  bart   inputs `[bos] source [eos]`, input_mask, decoder_inputs = eos + targets[:-1],
+         targets `[bos] target [eos]`, target_mask (as data/pipeline.py's denoising rows).
+  xlm    the bart keys (an encoder-decoder initialised from XLM, XLM §5) plus langs and
+         decoder_langs (the source's and the target's language index).
+  gpt, gpt2  inputs `[bos] source [sep] target [eos]`, positions, attention_ids, targets (the
+         next token of each position), target_mask (1 where that next token is in the target)
+         and prompt_lengths [B] (the length of `[bos] source [sep]`, what generation reads).
+
+Rows are a pure function of (config seeds, the example's index): embedded-corpus tasks draw
+their pairs and distractors from a generator seeded by both, so batches are deterministic and
+the iterator (a grain MapDataset up to batching) is checkpointable like the pretraining ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from textgen_jax.data.pipeline import epochs, local_batch_size, process_shard, shuffle_seed
+from textgen_jax.data.sources import open_source
+from textgen_jax.data.tokenizer import Tokenizer
+from textgen_jax.finetune.tasks import Task, get_task, signature_of
+
+ARCHS = ("bert", "xlm", "gpt", "gpt2", "bart")
+_KIND_ARCHS = {"extractive_qa": ("bert", "xlm"), "seq2seq": ("bart", "xlm", "gpt", "gpt2")}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.item()
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _feature(example: Mapping[str, Any], name: str, task: Task) -> Any:
+    try:
+        return example[name]
+    except KeyError:
+        raise KeyError(f"Task {task.name!r} reads the feature {name!r}, but the examples of "
+                       f"{task.dataset!r} have {sorted(example)}.") from None
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the whitespace-separated words of `text`."""
+    spans, start = [], None
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            if start is not None:
+                spans.append((start, i))
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Drops tokens from the end of the longer of a, b until both fit in `budget`."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget:
+        (a if len(a) > len(b) else b).pop()
+    return a, b
+
+
+class _RowFormatter:
+    """Token ids -> one architecture's row (see the module docstring); picklable."""
+
+    def __init__(self, tokenizer: Tokenizer, arch: str, seq_len: int, lang_id: int,
+                 target_lang_id: int):
+        self.tokenizer, self.arch, self.seq_len = tokenizer, arch, seq_len
+        self.lang_id, self.target_lang_id = lang_id, target_lang_id
+
+    def _pad(self, ids: Sequence[int]) -> np.ndarray:
+        return np.asarray(list(ids) + [self.tokenizer.pad_id] * (self.seq_len - len(ids)),
+                          np.int32)
+
+    def _mask(self, length: int) -> np.ndarray:
+        return (np.arange(self.seq_len) < length).astype(np.int32)
+
+    def _positions(self, length: int) -> np.ndarray:
+        return np.where(np.arange(self.seq_len) < length, np.arange(self.seq_len), 0
+                        ).astype(np.int32)
+
+    def pair_layout(self, has_b: bool) -> tuple[list[int], list[int], list[int]]:
+        """(tokens before A, between A and B, after B) of this architecture."""
+        tok = self.tokenizer
+        if self.arch == "bert":
+            return [tok.cls_id], [tok.sep_id], [tok.sep_id] if has_b else []
+        if self.arch in ("gpt", "gpt2"):  # start A delim B extract (GPT §3.3)
+            return [tok.bos_id], [tok.sep_id] if has_b else [tok.eos_id], (
+                [tok.eos_id] if has_b else [])
+        if self.arch == "bart":
+            return [tok.bos_id], [tok.eos_id, tok.eos_id] if has_b else [tok.eos_id], (
+                [tok.eos_id] if has_b else [])
+        return [tok.bos_id], [tok.eos_id], [tok.eos_id] if has_b else []  # xlm
+
+    def text_row(self, a: list[int], b: list[int] | None) -> tuple[dict[str, np.ndarray], int]:
+        """The row of text A (and B), truncated to seq_len; and where B starts in it."""
+        before, between, after = self.pair_layout(b is not None)
+        a, b = _truncate_pair(a, b or [], self.seq_len - len(before) - len(between) - len(after))
+        ids = before + a + between + b + after
+        b_start = len(before) + len(a) + len(between)
+        length = len(ids)
+        if self.arch == "bart":
+            inputs = self._pad(ids)
+            return {"inputs": inputs, "input_mask": self._mask(length),
+                    "decoder_inputs": np.concatenate([[self.tokenizer.eos_id], inputs[:-1]]
+                                                     ).astype(np.int32),
+                    "decoder_mask": self._mask(length),
+                    "extract_positions": np.int32(length - 1)}, b_start
+        row = {"inputs": self._pad(ids), "positions": self._positions(length),
+               "attention_ids": self._mask(length)}
+        if self.arch == "bert":
+            row["token_types"] = (self._mask(length) - self._mask(b_start)).astype(np.int32)
+        elif self.arch == "xlm":
+            row["langs"] = self._mask(length) * np.int32(self.lang_id)
+        else:
+            row["extract_positions"] = np.int32(length - 1)
+        return row, b_start
+
+    def seq2seq_row(self, source: list[int], target: list[int]) -> dict[str, np.ndarray]:
+        tok, seq_len = self.tokenizer, self.seq_len
+        if self.arch in ("gpt", "gpt2"):
+            # The source keeps at least half the row; the target gets the rest.
+            source = source[:max(seq_len // 2 - 2, seq_len - 3 - len(target))]
+            target = target[:seq_len - 3 - len(source)]
+            ids = [tok.bos_id, *source, tok.sep_id, *target, tok.eos_id]
+            prompt_length = len(source) + 2
+            inputs = self._pad(ids)
+            next_positions = np.arange(seq_len) + 1
+            return {"inputs": inputs, "positions": self._positions(len(ids)),
+                    "attention_ids": self._mask(len(ids)),
+                    "targets": np.append(inputs[1:], tok.pad_id).astype(np.int32),
+                    "target_mask": ((next_positions >= prompt_length)
+                                    & (next_positions < len(ids))).astype(np.int32),
+                    "prompt_lengths": np.int32(prompt_length)}
+        source_ids = [tok.bos_id, *source[:seq_len - 2], tok.eos_id]
+        target_ids = [tok.bos_id, *target[:seq_len - 2], tok.eos_id]
+        targets = self._pad(target_ids)
+        row = {"inputs": self._pad(source_ids), "input_mask": self._mask(len(source_ids)),
+               "decoder_inputs": np.concatenate([[tok.eos_id], targets[:-1]]).astype(np.int32),
+               "targets": targets, "target_mask": self._mask(len(target_ids))}
+        if self.arch == "xlm":
+            row["langs"] = row["input_mask"] * np.int32(self.lang_id)
+            row["decoder_langs"] = row["target_mask"] * np.int32(self.target_lang_id)
+        return row
+
+
+def _stack(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+def _module_index(source) -> dict[str, np.ndarray]:
+    """module -> indices of its examples in `source` (the stdlib_docstrings/kinds config)."""
+    modules: dict[str, list[int]] = {}
+    for i in range(len(source)):
+        modules.setdefault(_text(source[i]["module"]), []).append(i)
+    return {module: np.asarray(indices) for module, indices in modules.items()}
+
+
+class _TaskRows:
+    """Example index (in the whole split) -> one row of the task; see the module docstring.
+
+    Holds the whole split's source: the embedded-corpus tasks draw partners and distractors
+    from it with a generator seeded by (seed, index), so an example's row never depends on the
+    epoch or the process count.
+    """
+
+    def __init__(self, task: Task, source, formatter: _RowFormatter, seed: int, language: str):
+        self.task, self.source, self.formatter = task, source, formatter
+        self.seed, self.language = seed, language
+        # docstring_similarity: module -> indices of its docstrings, read once up front (every
+        # reader thread needs it from its first row).
+        self.modules = _module_index(source) if task.name == "docstring_similarity" else {}
+
+    def _encode(self, text: str) -> list[int]:
+        return self.formatter.tokenizer.encode(text)
+
+    def _label(self, example: Mapping[str, Any], index: int) -> np.ndarray:
+        value = np.asarray(_feature(example, self.task.target, self.task))
+        if self.task.is_regression:
+            return value.astype(np.float32)
+        label = int(value)
+        if not 0 <= label < self.task.num_labels:
+            raise ValueError(
+                f"Example {index} of task {self.task.name!r} has label {label}, outside "
+                f"[0, num_labels={self.task.num_labels}) (unlabelled test splits hold -1); "
+                "fine-tune and evaluate on a labelled split.")
+        return np.int32(label)
+
+    def _texts(self, example: Mapping[str, Any]) -> list[str]:
+        if self.task.name == "xnli":  # premise: {lang: text}; hypothesis: parallel lists
+            premise = _feature(example, "premise", self.task)
+            hypothesis = _feature(example, "hypothesis", self.task)
+            languages = [_text(x) for x in hypothesis["language"]]
+            if self.language not in languages or self.language not in premise:
+                raise ValueError(f"XNLI has no {self.language!r} text (config.task.language); "
+                                 f"its languages are {sorted(premise)}.")
+            return [_text(premise[self.language]),
+                    _text(hypothesis["translation"][languages.index(self.language)])]
+        return [_text(_feature(example, name, self.task)) for name in self.task.inputs]
+
+    def _similarity_pair(self, index: int, rng: np.random.Generator) -> tuple[list[str], int]:
+        """docstring_similarity: this docstring and, with probability 1/2, another of its
+        module (label 1), else one of another module (label 0)."""
+        example = self.source[index]
+        module = _text(example["module"])
+        same = self.modules[module]
+        if len(same) > 1 and rng.random() < 0.5:
+            partner = int(rng.choice(same[same != index]))
+        else:
+            while _text(self.source[partner := int(rng.integers(len(self.source)))]["module"]
+                        ) == module:
+                pass
+        label = int(_text(self.source[partner]["module"]) == module)
+        return [_text(example["text"]), _text(self.source[partner]["text"])], label
+
+    def _choices(self, index: int, rng: np.random.Generator) -> tuple[str, list[str], int]:
+        """docstring_choice: the signature, the right docstring among num_labels - 1 others
+        with different text drawn from the split, and the right one's position."""
+        example = self.source[index]
+        answer = _text(example[self.task.target])
+        choices = [answer]
+        while len(choices) < self.task.num_labels:
+            candidate = _text(self.source[int(rng.integers(len(self.source)))][self.task.target])
+            if candidate not in choices:
+                choices.append(candidate)
+        order = rng.permutation(len(choices))
+        return (signature_of(_text(example[self.task.inputs[0]])),
+                [choices[i] for i in order], int(np.argmax(order == 0)))
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        task, fmt = self.task, self.formatter
+        rng = np.random.default_rng([self.seed, index])
+        if task.kind == "multiple_choice":
+            context, choices, label = self._choices(index, rng)
+            context_ids = self._encode(context)
+            row = _stack([fmt.text_row(context_ids, self._encode(c))[0] for c in choices])
+            return {**row, "labels": np.int32(label)}
+        if task.name == "docstring_similarity":
+            texts, label = self._similarity_pair(index, rng)
+            labels = np.int32(label)
+        else:
+            example = self.source[index]
+            if task.kind == "seq2seq":
+                return fmt.seq2seq_row(self._encode(self._texts(example)[0]),
+                                       self._encode(_text(_feature(example, task.target, task))))
+            if task.kind == "extractive_qa":
+                return self._qa_row(example, index)
+            texts, labels = self._texts(example), self._label(example, index)
+        ids = [self._encode(t) for t in texts]
+        b = ids[1] if len(ids) > 1 else None
+        if task.both_orders and fmt.arch in ("gpt", "gpt2"):
+            # Truncated once, so both orders hold the same tokens of A and B.
+            before, between, after = fmt.pair_layout(True)
+            a, b = _truncate_pair(ids[0], b, fmt.seq_len - len(before + between + after))
+            row = _stack([fmt.text_row(a, b)[0], fmt.text_row(b, a)[0]])
+        else:
+            row = fmt.text_row(ids[0], b)[0]
+        return {**row, "labels": labels}
+
+    def _qa_row(self, example: Mapping[str, Any], index: int) -> dict[str, np.ndarray]:
+        question, context = self._texts(example)
+        answers = _feature(example, self.task.target, self.task)
+        answer_texts = [_text(t) for t in np.atleast_1d(answers["text"])]
+        answer_starts = np.atleast_1d(answers["answer_start"])
+        spans = word_spans(context)
+        context_ids, word_of_token = [], []
+        for word, (start, end) in enumerate(spans):
+            pieces = self._encode(context[start:end])
+            context_ids += pieces
+            word_of_token += [word] * len(pieces)
+        row, context_start = self.formatter.text_row(self._encode(question), context_ids)
+        kept = int(row["attention_ids"].sum()) - context_start - 1  # context tokens kept
+        offsets = np.full((self.formatter.seq_len, 2), -1, np.int32)
+        offsets[context_start:context_start + kept] = [spans[w] for w in word_of_token[:kept]]
+        start_position = end_position = 0
+        if answer_texts and answer_texts[0]:
+            answer_start = int(answer_starts[0]) if len(answer_starts) else -1
+            if context[answer_start:answer_start + len(answer_texts[0])] != answer_texts[0]:
+                answer_start = context.find(answer_texts[0])  # a wrong offset: find the text
+            if answer_start >= 0:
+                answer_end = answer_start + len(answer_texts[0])
+                inside = [t for t in range(kept) if spans[word_of_token[t]][0] < answer_end
+                          and spans[word_of_token[t]][1] > answer_start]
+                if inside:
+                    start_position = context_start + inside[0]
+                    end_position = context_start + inside[-1]
+        return {**row, "start_positions": np.int32(start_position),
+                "end_positions": np.int32(end_position), "context_offsets": offsets,
+                "example_index": np.int32(index)}
+
+
+def _language_index(config: ml_collections.ConfigDict, language: str) -> int:
+    """XLM's language id of `language`: its position in config.data.languages (0 if none)."""
+    languages = tuple(config.data.languages)
+    if not languages:
+        return 0
+    if language not in languages:
+        raise ValueError(f"Language {language!r} is not in config.data.languages={languages}; "
+                         "add it (the language embeddings are indexed by that list).")
+    return languages.index(language)
+
+
+def finetune_rows(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    split: str,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+    repeat: bool = True,
+) -> grain.MapDataset:
+    """The unbatched rows of `split` of task config.task.name for config.model.arch, for one
+    process (examples process_index, process_index + process_count, ... of the split); see
+    the module docstring. Training: shuffle and repeat; evaluation: neither (each example
+    once, in order)."""
+    task = get_task(config.task.name)
+    arch = config.model.arch
+    if arch not in ARCHS:
+        raise ValueError(f"config.model.arch={arch!r} has no fine-tuning rows; use one of "
+                         f"{ARCHS}.")
+    if arch not in _KIND_ARCHS.get(task.kind, ARCHS):
+        raise ValueError(f"Task {task.name!r} ({task.kind}) needs one of "
+                         f"{_KIND_ARCHS[task.kind]}, not config.model.arch={arch!r}.")
+    task.check_split(split)
+    language = config.task.language or (task.languages[0] if task.languages else "en")
+    if task.name == "xnli" and language not in task.languages:
+        raise ValueError(f"config.task.language={language!r} is not an XNLI language; use one "
+                         f"of {task.languages}.")
+    lang_id = target_lang_id = 0
+    if arch == "xlm":
+        lang_id = _language_index(config, language)
+        if task.kind == "seq2seq" and len(task.languages) == 2:
+            target_lang_id = _language_index(config, task.languages[1])
+
+    data_config = copy.deepcopy(config.data)
+    data_config.unlock()
+    data_config.update(dataset=task.dataset, files="")
+    source = open_source(data_config, split, check_text_key=False)
+    if len(source) < process_count:
+        raise ValueError(f"Split {split!r} of task {task.name!r} has {len(source)} examples, "
+                         f"fewer than the {process_count} processes that share it.")
+    formatter = _RowFormatter(tokenizer, arch, config.data.seq_len, lang_id, target_lang_id)
+    indices = process_shard(grain.MapDataset.range(len(source)), process_index, process_count)
+    indices = epochs(indices, config, shuffle, repeat)
+    return indices.map(_TaskRows(task, source, formatter, shuffle_seed(config), language))
+
+
+def finetune_dataset(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    split: str,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+    repeat: bool = True,
+) -> grain.IterDataset:
+    """Batches of `finetune_rows`: every key gains a leading [global_batch_size //
+    process_count] axis; the last incomplete batch is dropped. The iterator is checkpointable
+    (`get_state`/`set_state`, or data/pipeline.py's iterator_save_args)."""
+    rows = finetune_rows(config, tokenizer, split, process_index=process_index,
+                         process_count=process_count, shuffle=shuffle, repeat=repeat)
+    batch_size = local_batch_size(config.data, process_count)
+    dataset = rows.to_iter_dataset()
+    if config.data.worker_count > 0:
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=config.data.worker_count))
+    return dataset.batch(batch_size, drop_remainder=True)
+
+
+def best_answer_span(start_logits: np.ndarray, end_logits: np.ndarray,
+                     context_offsets: np.ndarray, context: str, max_answer_length: int = 30,
+                     n_best: int = 20) -> str:
+    """The answer text of one QA row: the span with the highest start + end logit among the
+    n_best best starts and n_best best ends that lie in the context, end >= start and at most
+    max_answer_length tokens long (BERT's SQuAD decoding); '' when no span qualifies.
+
+    start_logits, end_logits [L]; context_offsets [L, 2] (the row's, -1 off the context).
+    """
+    start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
+    in_context = np.asarray(context_offsets)[:, 0] >= 0
+    best_starts = np.argsort(-start_logits, kind="stable")[:n_best]
+    best_ends = np.argsort(-end_logits, kind="stable")[:n_best]
+    best, best_score = None, -np.inf
+    for start in best_starts:
+        for end in best_ends:
+            if (in_context[start] and in_context[end] and start <= end < start + max_answer_length
+                    and start_logits[start] + end_logits[end] > best_score):
+                best, best_score = (start, end), start_logits[start] + end_logits[end]
+    if best is None:
+        return ""
+    return context[context_offsets[best[0]][0]:context_offsets[best[1]][1]]

@@ -1,0 +1,137 @@
+"""The fine-tuning tasks by name: which dataset, which features, what the head predicts and
+how it is scored. `get_task(config.task.name)` is what the pipelines, heads and evaluation read.
+
+Kinds (what the head predicts from the features in `Task.inputs`):
+  classification   one text or a pair -> one of num_labels classes ('label' feature).
+  regression       one text or a pair -> a float score (num_labels == 1).
+  similarity       a pair whose order carries no meaning -> a class, or a float score when
+                   num_labels == 1 (STS-B); GPT reads it in both orders (GPT §3.3).
+  multiple_choice  a context and num_labels candidate answers -> the index of the right one.
+  extractive_qa    a question and a context -> the answer's span in the context (SQuAD).
+  seq2seq          a source text -> the target text in the feature `Task.target`.
+
+Embedded-corpus tasks (no download) read the stdlib docstrings (data/corpus.py): their
+examples are built from the corpus by data in the pipelines (finetune/pipelines.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+KINDS = ("classification", "regression", "similarity", "multiple_choice", "extractive_qa",
+         "seq2seq")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One fine-tuning task.
+
+    inputs: the text features read, in order (a pair for entailment and similarity; the
+      question then the context for QA; the source for seq2seq).
+    target: the label feature (classification, regression, similarity), the answers feature
+      (extractive_qa, SQuAD's {'text', 'answer_start'}) or the target text (seq2seq).
+    num_labels: classes; 1 for a float score; candidate answers for multiple_choice; 0 for QA
+      and seq2seq.
+    splits: the dataset's splits; train_split and eval_split are the defaults fine-tuning uses.
+    languages: a multilingual task's languages: XNLI's (the one read is config.task.language,
+      '' = the first), a translation's (source, target).
+    """
+
+    name: str
+    kind: str
+    dataset: str
+    inputs: tuple[str, ...]
+    target: str
+    num_labels: int
+    metrics: tuple[str, ...]
+    splits: tuple[str, ...] = ("train", "validation")
+    train_split: str = "train"
+    eval_split: str = "validation"
+    languages: tuple[str, ...] = ()
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind in ("regression", "similarity") and self.num_labels == 1
+
+    @property
+    def both_orders(self) -> bool:
+        """Whether GPT reads the pair in both orders (GPT §3.3, similarity)."""
+        return self.kind == "similarity"
+
+    def check_split(self, split: str) -> None:
+        """Raises naming the available splits when a base split of `split` (a TFDS split
+        string such as 'train[:10%]+validation') is not one of the task's."""
+        for part in split.split("+"):
+            base = part.split("[")[0].strip()
+            if base not in self.splits:
+                raise ValueError(f"Task {self.name!r} has no split {base!r}; available splits: "
+                                 f"{list(self.splits)}. Set config.data.train_split / "
+                                 "eval_split.")
+
+
+_GLUE_SPLITS = ("train", "validation", "test")
+
+
+def _glue(config: str, kind: str, inputs: tuple[str, ...], num_labels: int,
+          metrics: tuple[str, ...], **kwargs) -> Task:
+    return Task(f"glue/{config}", kind, f"glue/{config}", inputs, "label", num_labels, metrics,
+                splits=kwargs.pop("splits", _GLUE_SPLITS), **kwargs)
+
+
+_MNLI_SPLITS = ("train", "validation_matched", "validation_mismatched", "test_matched",
+                "test_mismatched")
+# English first: the language XNLI reads unless config.task.language names another.
+XNLI_LANGUAGES = ("en", "ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur",
+                  "vi", "zh")
+
+_TASKS = [
+    _glue("sst2", "classification", ("sentence",), 2, ("accuracy",)),
+    _glue("cola", "classification", ("sentence",), 2, ("matthews", "accuracy")),
+    _glue("mnli", "classification", ("premise", "hypothesis"), 3, ("accuracy",),
+          splits=_MNLI_SPLITS, eval_split="validation_matched"),
+    _glue("qnli", "classification", ("question", "sentence"), 2, ("accuracy",)),
+    _glue("rte", "classification", ("sentence1", "sentence2"), 2, ("accuracy",)),
+    _glue("qqp", "similarity", ("question1", "question2"), 2, ("accuracy", "f1")),
+    _glue("mrpc", "similarity", ("sentence1", "sentence2"), 2, ("accuracy", "f1")),
+    _glue("stsb", "similarity", ("sentence1", "sentence2"), 1, ("pearson", "spearman")),
+    Task("squad", "extractive_qa", "squad/v1.1", ("question", "context"), "answers", 0,
+         ("exact_match", "squad_f1")),
+    Task("cnn_dailymail", "seq2seq", "cnn_dailymail", ("article",), "highlights", 0,
+         ("rouge1", "rouge2", "rougeL"), splits=("train", "validation", "test")),
+    Task("xsum", "seq2seq", "xsum", ("document",), "summary", 0,
+         ("rouge1", "rouge2", "rougeL"), splits=("train", "validation", "test")),
+    Task("wmt14_translate/de-en", "seq2seq", "wmt14_translate/de-en", ("de",), "en", 0,
+         ("bleu",), splits=("train", "validation", "test"), languages=("de", "en")),
+    # XNLI has no training split of its own: the paper's zero-shot transfer fine-tunes on
+    # glue/mnli (English) and evaluates here with config.task.language set to each language.
+    Task("xnli", "classification", "xnli", ("premise", "hypothesis"), "label", 3, ("accuracy",),
+         splits=("validation", "test"), train_split="validation", eval_split="test",
+         languages=XNLI_LANGUAGES),
+    # The embedded corpus.
+    Task("docstring_kind", "classification", "stdlib_docstrings/kinds", ("text",), "label", 3,
+         ("accuracy", "macro_f1")),
+    Task("docstring_choice", "multiple_choice", "stdlib_docstrings/pairs", ("code",),
+         "docstring", 4, ("accuracy",)),
+    Task("docstring_similarity", "similarity", "stdlib_docstrings/kinds", ("text", "text"),
+         "module", 2, ("accuracy", "f1")),
+    Task("code_to_docstring", "seq2seq", "stdlib_docstrings/pairs", ("code",), "docstring", 0,
+         ("rouge1", "rouge2", "rougeL", "bleu")),
+]
+TASKS: dict[str, Task] = {task.name: task for task in _TASKS}
+
+
+def get_task(name: str) -> Task:
+    """The registered task `name` (config.task.name); raises listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"Unknown fine-tuning task config.task.name={name!r}; known tasks: "
+                         f"{sorted(TASKS)}.") from None
+
+
+def signature_of(code: str) -> str:
+    """The `def` line(s) of a function's source, decorators dropped: the context of the
+    docstring_choice task ("which docstring belongs to this signature?")."""
+    match = re.search(r"^(async\s+)?def\s.*?\)(\s*->[^:]*)?\s*:", code, re.MULTILINE | re.DOTALL)
+    return match.group(0) if match else code.splitlines()[0]
