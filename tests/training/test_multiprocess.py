@@ -80,6 +80,15 @@ def two_process_run(tmp_path_factory, stdlib_data_dir, stdlib_tokenizer) -> Path
     workdir = _prepare(tmp_path_factory.mktemp("two") / "two_processes", stdlib_tokenizer)
     with Cluster(workdir, "train", (*train_flags(stdlib_data_dir), *FLAGS)) as cluster:
         assert cluster.wait() == [0, 0], cluster.output()
+        log = cluster.logs[0].read_text()
+    # The float32 parameters split over fsdp=4 (a few small vectors replicated); Adam's two
+    # moments follow them.
+    report = re.search(r"memory per device: parameters ([0-9.]+) KiB \(of ([0-9,]+) parameters"
+                       r"\).*optimizer ([0-9.]+) KiB", log)
+    assert report, log[-3000:]
+    sharded_kib = int(report.group(2).replace(",", "")) * 4 / 4 / 1024
+    assert sharded_kib <= float(report.group(1)) < 1.05 * sharded_kib
+    assert float(report.group(3)) == pytest.approx(2 * float(report.group(1)), rel=0.01)
     return workdir
 
 

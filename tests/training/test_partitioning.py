@@ -165,3 +165,32 @@ def test_meshes_that_pass_the_check_split_every_parameter_evenly(eight_devices):
         assert {axis for axis in ("fsdp", "tensor") if mesh[axis] > 1} <= sharded, mesh_sizes
         assert "data" not in sharded  # parameters are replicated over pure data parallelism
 
+
+
+def test_one_process_reading_two_input_shards_gets_the_rows_of_two_processes(
+        stdlib_data_dir, stdlib_tokenizer):
+    import numpy as np
+
+    from textgen_jax import objectives
+    from textgen_jax.config import base_config
+
+    config = base_config()
+    config.data.update(data_dir=stdlib_data_dir, seq_len=32, global_batch_size=8,
+                       input_shards=2)
+    objective = objectives.objective_for(config)
+    mine = iter(partitioning.process_dataset(objective.dataset, config, stdlib_tokenizer,
+                                             "train", shuffle=True, repeat=True))
+    processes = [iter(objective.dataset(config, stdlib_tokenizer, "train", process_index=i,
+                                        process_count=2, shuffle=True, repeat=True))
+                 for i in range(2)]
+    for _ in range(3):
+        batch, parts = next(mine), [next(p) for p in processes]
+        assert sorted(batch) == sorted(parts[0])
+        for key in batch:  # process 0's rows, then process 1's: the global batch of 2 hosts
+            np.testing.assert_array_equal(batch[key], np.concatenate([p[key] for p in parts]))
+
+    config.data.input_shards = 3
+    with pytest.raises(ConfigError, match="global_batch_size=8 does not divide into "
+                                          "config.data.input_shards=3"):
+        partitioning.process_dataset(objective.dataset, config, stdlib_tokenizer, "train",
+                                     shuffle=True, repeat=True)

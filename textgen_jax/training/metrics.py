@@ -133,13 +133,21 @@ def activation_bytes_per_device(config: Any, mesh_shape: dict[str, int],
     return int(attention_layers * per_layer + logits)
 
 
+def format_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{size:.0f} B"
+        size /= 1024
+    raise AssertionError  # unreachable
+
+
 def memory_report(num_params: int, param_bytes: int, optimizer_bytes: int,
                   activation_bytes: int) -> str:
-    gib = 2 ** 30
-    return (f"memory per device: parameters {param_bytes / gib:.3f} GiB ({num_params:,} "
-            f"parameters), gradients {param_bytes / gib:.3f} GiB, optimizer "
-            f"{optimizer_bytes / gib:.3f} GiB, activations ~{activation_bytes / gib:.3f} GiB "
-            f"(estimated); total ~{(2 * param_bytes + optimizer_bytes + activation_bytes) / gib:.3f} GiB")
+    total = 2 * param_bytes + optimizer_bytes + activation_bytes
+    return (f"memory per device: parameters {format_bytes(param_bytes)} (of {num_params:,} "
+            f"parameters), gradients {format_bytes(param_bytes)}, optimizer "
+            f"{format_bytes(optimizer_bytes)}, activations ~{format_bytes(activation_bytes)} "
+            f"(estimated); total ~{format_bytes(total)}")
 
 
 def check_device_memory(needed_bytes: int, devices: Any = None) -> None:
