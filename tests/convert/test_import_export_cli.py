@@ -128,6 +128,18 @@ def test_bad_checkpoints_are_named(hf_gpt2, tmp_path):
     message = run.stderr.strip().splitlines()[-1]
     assert "transformer.wte.weight" in message and "(400, 64)" in message, message
 
+    # Weights of another architecture under a gpt2 config.json: the first missing tensor named.
+    bert = tmp_path / "bert_weights"
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=400, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=64)).save_pretrained(bert)
+    (bert / "config.json").write_bytes((directory / "config.json").read_bytes())
+    (bert / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
+    run = _cli("import-hf", tmp_path / "w6", str(bert), check=False)
+    message = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 1 and "no tensor transformer.wte.weight" in message, message
+    assert "model_type 'gpt2'" in message, message
+
     # A pickle only when allowed; a directory without a tokenizer names the fix.
     pickled = tmp_path / "pickled"
     pickled.mkdir()

@@ -39,6 +39,8 @@ _MODEL_TYPE = {arch: model_type for model_type, (arch, _) in SUPPORTED.items()}
 # The base-model prefix of each transformers model, absent from headless checkpoints.
 _BASE_PREFIX = {"gpt2": "transformer.", "gpt": "transformer.", "bert": "bert.",
                 "xlm": "transformer.", "bart": "model."}
+# Heads of ours that a checkpoint of another head class lacks (initialised, and reported).
+_OPTIONAL_HEADS = {"bert": ("pooler/", "nsp/", "mlm/", "classifier/")}
 # transformers activation names -> ours (openai-gpt's 'gelu' is the tanh approximation).
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
@@ -275,6 +277,7 @@ def params_from_state_dict(model_config: Mapping[str, Any], state: Mapping[str, 
     ShapeDtypeStructs). `missing` are our leaves they lack; `dropped` their unused tensors."""
     arch = model_config["arch"]
     prefix = _BASE_PREFIX[arch]
+    sample = ", ".join(sorted(state)[:3])
     if not any(key.startswith(prefix) for key in state):  # a headless base model
         state = {prefix + key: value for key, value in state.items()}
     table = list(tables.TABLES[arch](model_config))
@@ -288,6 +291,12 @@ def params_from_state_dict(model_config: Mapping[str, Any], state: Mapping[str, 
             missing.append(_path(tensor.ours))
             continue
         _set(params, tensor.ours, _to_ours(tensor, np.asarray(state[key]), shape))
+    required = [path for path in missing if not path.startswith(_OPTIONAL_HEADS.get(arch, ()))]
+    if required:
+        their_tensor = next(t.theirs for t in table if _path(t.ours) == required[0])
+        raise ValueError(f"the checkpoint has no tensor {their_tensor} (nor {len(required) - 1} "
+                         f"other {arch} tensors); its tensors are {sample}, ...: its config.json "
+                         f"(model_type {_MODEL_TYPE[arch]!r}) does not describe these weights.")
     mapped = {tensor.theirs for tensor in table}
     mapped |= {alias for aliases in tied.values() for alias in aliases}
     dropped = sorted(key for key in state
