@@ -6,9 +6,10 @@ writes a workdir's latest params back as a directory `from_pretrained` loads.
 """
 
 from textgen_jax.convert.huggingface import (SUPPORTED, Imported, config_from_hf, export_hf,
-                                             hf_config_from, import_hf,
+                                             from_transformers, hf_config_from, import_hf,
                                              params_from_state_dict, read_state_dict,
                                              state_dict_from_params)
 
-__all__ = ["SUPPORTED", "Imported", "config_from_hf", "export_hf", "hf_config_from",
+__all__ = ["SUPPORTED", "Imported", "config_from_hf", "export_hf", "from_transformers",
+           "hf_config_from",
            "import_hf", "params_from_state_dict", "read_state_dict", "state_dict_from_params"]

@@ -377,6 +377,18 @@ def import_hf(src_dir: str | os.PathLike, allow_pickle: bool = False) -> Importe
     return Imported(config, params, missing, dropped)
 
 
+def from_transformers(hf_model: Any) -> Imported:
+    """Our config and numpy params for an in-memory `transformers` model (torch needed)."""
+    from textgen_jax import models
+
+    config = config_from_hf(hf_model.config.to_dict())
+    state = {k: v.detach().float().cpu().numpy() for k, v in hf_model.state_dict().items()}
+    model = models.build_model(config.model, config.model.vocab_size)
+    params, missing, dropped = params_from_state_dict(config.model, state,
+                                                      models.param_shapes(model))
+    return Imported(config, params, missing, dropped)
+
+
 def export_hf(config: ml_collections.ConfigDict, params: Mapping[str, Any],
               out_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
     """Writes config.json and model.safetensors that `from_pretrained` loads; `extra` are
