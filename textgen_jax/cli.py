@@ -22,6 +22,19 @@ flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens; 0 = al
                      "candidates per <mask> (fill-mask, default 5).")
 flags.DEFINE_string("text", None, 'Text with <mask> tokens to fill in (fill-mask).')
 flags.DEFINE_integer("seed", 0, "Sampling seed (generate).")
+flags.DEFINE_float("top_p", 1.0, "Sample among the most likely tokens holding this much "
+                   "probability; 1 = all (generate).")
+flags.DEFINE_integer("min_new_tokens", 0, "No EOS before this many new tokens (generate).")
+flags.DEFINE_float("repetition_penalty", 1.0, "Above 1 discourages tokens already present "
+                   "(generate).")
+flags.DEFINE_integer("no_repeat_ngram_size", 0, "Never repeat an n-gram of this size; 0 = off "
+                     "(generate).")
+flags.DEFINE_integer("num_beams", 1, "Beam search with this many beams; 1 = off (generate).")
+flags.DEFINE_float("length_penalty", 1.0, "Beam scores are divided by length ** this "
+                   "(generate).")
+flags.DEFINE_enum("early_stopping", "false", ["true", "false", "never"],
+                  "Beam search stopping rule, as in transformers (generate).")
+flags.DEFINE_string("language", "", "An XLM model's language (generate, fill-mask).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Join a multi-process run: auto = when a coordinator or several processes are "
                   "named, or a SLURM job / TPU pod of several hosts is detected; on = always "
@@ -80,16 +93,7 @@ def _main(argv: list[str]) -> None:
         elif command == "eval":
             _evaluate(FLAGS.workdir)
         elif command == "generate":
-            import textgen_jax
-            if not FLAGS.prompt:
-                _usage_error('generate needs --prompt "..."')
-            loaded = textgen_jax.load(FLAGS.workdir)
-            texts = textgen_jax.generate(loaded, FLAGS.prompt, FLAGS.max_new_tokens,
-                                         FLAGS.temperature, FLAGS.top_k, FLAGS.seed)
-            for index, text in enumerate(texts):
-                if len(texts) > 1:  # samples hold newlines: mark where each one starts
-                    print(f"--- sample {index + 1} of {len(texts)} ---")
-                print(text)
+            _generate(FLAGS.workdir)
         elif command == "fill-mask":
             _fill_mask(FLAGS.workdir)
     except (ConfigError, FileNotFoundError, ValueError) as error:
@@ -99,6 +103,33 @@ def _main(argv: list[str]) -> None:
         from textgen_jax import distributed
         distributed.exit_on_lost_process(command, error)
         raise
+
+
+def _generate(workdir: str) -> None:
+    """Prints each prompt's generation; a single prompt's streams token by token."""
+    import textgen_jax
+
+    if not FLAGS.prompt:
+        _usage_error('generate needs --prompt "..."')
+    loaded = textgen_jax.load(workdir)
+    stream = None
+    if len(FLAGS.prompt) == 1 and FLAGS.num_beams == 1:
+        stream = lambda piece: print(piece, end="", flush=True)  # noqa: E731
+    texts = textgen_jax.generate(
+        loaded, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.seed,
+        top_p=FLAGS.top_p, min_new_tokens=FLAGS.min_new_tokens,
+        repetition_penalty=FLAGS.repetition_penalty,
+        no_repeat_ngram_size=FLAGS.no_repeat_ngram_size, num_beams=FLAGS.num_beams,
+        length_penalty=FLAGS.length_penalty,
+        early_stopping={"true": True, "false": False}.get(FLAGS.early_stopping, "never"),
+        language=FLAGS.language, stream=stream)
+    if stream is not None:
+        print()
+        return
+    for index, text in enumerate(texts):
+        if len(texts) > 1:  # samples hold newlines: mark where each one starts
+            print(f"--- sample {index + 1} of {len(texts)} ---")
+        print(text)
 
 
 def _fill_mask(workdir: str) -> None:
