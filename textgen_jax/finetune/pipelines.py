@@ -59,7 +59,7 @@ from textgen_jax.data.tokenizer import Tokenizer
 from textgen_jax.finetune.tasks import Task, get_task, signature_of
 
 ARCHS = ("bert", "xlm", "gpt", "gpt2", "bart")
-_KIND_ARCHS = {"extractive_qa": ("bert", "xlm"), "seq2seq": ("bart", "xlm", "gpt", "gpt2")}
+KIND_ARCHS = {"extractive_qa": ("bert", "xlm"), "seq2seq": ("bart", "xlm", "gpt", "gpt2")}
 
 
 def _text(value: Any) -> str:
@@ -358,9 +358,9 @@ def finetune_rows(
     if arch not in ARCHS:
         raise ValueError(f"config.model.arch={arch!r} has no fine-tuning rows; use one of "
                          f"{ARCHS}.")
-    if arch not in _KIND_ARCHS.get(task.kind, ARCHS):
+    if arch not in KIND_ARCHS.get(task.kind, ARCHS):
         raise ValueError(f"Task {task.name!r} ({task.kind}) needs one of "
-                         f"{_KIND_ARCHS[task.kind]}, not config.model.arch={arch!r}.")
+                         f"{KIND_ARCHS[task.kind]}, not config.model.arch={arch!r}.")
     task.check_split(split)
     language = config.task.language or (task.languages[0] if task.languages else "en")
     if task.name == "xnli" and language not in task.languages:

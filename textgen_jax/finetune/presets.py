@@ -1,0 +1,57 @@
+"""The shared body of configs/finetune/<task>.py: an architecture's preset with a task on top."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+from textgen_jax.finetune.pipelines import ARCHS, KIND_ARCHS
+from textgen_jax.finetune.tasks import get_task
+
+
+def architecture_config(configs_dir: str | Path, arch: str, preset: str = "tiny"
+                        ) -> ml_collections.ConfigDict:
+    """`configs_dir/<arch>.py`'s get_config(preset): the model a fine-tune starts from."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}.")
+    path = Path(configs_dir) / f"{arch}.py"
+    spec = importlib.util.spec_from_file_location(f"_textgen_jax_configs_{arch}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
+                    ) -> ml_collections.ConfigDict:
+    """Task `task_name` on `arch_preset`: an architecture ('bert' = its tiny preset) or
+    architecture-preset ('bert-base'), the model of configs_dir/<arch>.py that init_from loads.
+
+    The data are the task's (dataset, train and eval splits); the optimisation is the papers'
+    fine-tuning recipe (BERT §4.1/§A.3, GPT §4.1: a small learning rate, linear decay to 0
+    after a short warmup, a few epochs), scaled down to a few hundred steps for `tiny`. The
+    sequence classifier (config.model.num_labels) gets the task's number of labels.
+    """
+    arch, _, preset = arch_preset.partition("-")
+    preset = preset or "tiny"
+    task = get_task(task_name)
+    allowed = KIND_ARCHS.get(task.kind, ARCHS)
+    if arch not in allowed:
+        raise ValueError(f"task {task_name!r} ({task.kind}) runs on {', '.join(allowed)}, "
+                         f"not {arch!r}.")
+    config = architecture_config(configs_dir, arch, preset)
+    config.task.name = task.name
+    config.data.update(dataset=task.dataset, files="", train_split=task.train_split,
+                       eval_split=task.eval_split)
+    if task.kind in ("classification", "regression", "similarity"):
+        config.model.num_labels = task.num_labels
+    config.optim.update(decay="linear", end_lr_ratio=0.0, weight_decay=0.01)
+    if preset == "tiny":
+        config.optim.update(lr=1e-4, warmup_steps=30)
+        config.train.update(num_steps=300, eval_every=100, checkpoint_every=100)
+    else:  # BERT §4.1: batch 32, lr among 5e-5..2e-5, 3 epochs (SST-2: ~6k steps)
+        config.data.update(seq_len=128, global_batch_size=32)
+        config.optim.update(lr=3e-5, warmup_steps=600)
+        config.train.update(num_steps=10_000, eval_every=1000, checkpoint_every=1000)
+    return config
