@@ -105,53 +105,58 @@ def test_import_generate_train_and_export(hf_gpt2, stdlib_data_dir, tmp_path):
     assert np.abs(theirs - before).max() > 1e-3, "the exported params are the trained ones"
 
 
+def _import_error(src, workdir, **options) -> str:
+    """The one-line message of import_to_workdir's error (what the CLI prints), in process."""
+    from textgen_jax.convert.workdir import import_to_workdir
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        import_to_workdir(src, workdir, log=lambda line: None, **options)
+    assert not (workdir / "checkpoints").exists()
+    return str(error.value)
+
+
 def test_bad_checkpoints_are_named(hf_gpt2, tmp_path):
     directory, hf_model, _ = hf_gpt2
-    unknown = tmp_path / "t5"
-    unknown.mkdir()
-    (unknown / "config.json").write_text(json.dumps({"model_type": "t5", "vocab_size": 10}))
+
+    def checkpoint_dir(name: str, weights=None, config: dict | None = None, pickle=False):
+        path = tmp_path / name
+        path.mkdir()
+        if weights is not None:
+            if pickle:
+                torch.save(weights.state_dict(), path / "pytorch_model.bin")
+            else:
+                weights.save_pretrained(path)
+        hf_config = json.loads((directory / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**hf_config, **(config or {})}))
+        (path / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
+        return path
+
+    # Through the CLI once: the one-line error and exit status 1.
+    unknown = checkpoint_dir("t5", config={"model_type": "t5"})
     run = _cli("import-hf", tmp_path / "w1", str(unknown), check=False)
     assert run.returncode == 1
     message = run.stderr.strip().splitlines()[-1]
     assert "model_type='t5'" in message and "bart, bert, gpt2, openai-gpt, xlm" in message
 
     # A config.json that does not describe the weights: the tensor is named.
-    wrong = tmp_path / "wrong"
-    hf_model.save_pretrained(wrong)
-    config = json.loads((wrong / "config.json").read_text())
-    config["n_embd"] = 32
-    config["n_head"] = 2
-    (wrong / "config.json").write_text(json.dumps(config))
-    (wrong / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
-    run = _cli("import-hf", tmp_path / "w2", str(wrong), check=False)
-    assert run.returncode == 1
-    message = run.stderr.strip().splitlines()[-1]
+    wrong = checkpoint_dir("wrong", hf_model, {"n_embd": 32, "n_head": 2})
+    message = _import_error(wrong, tmp_path / "w2")
     assert "transformer.wte.weight" in message and "(400, 64)" in message, message
 
     # Weights of another architecture under a gpt2 config.json: the first missing tensor named.
-    bert = tmp_path / "bert_weights"
-    transformers.BertModel(transformers.BertConfig(
+    bert = transformers.BertModel(transformers.BertConfig(
         vocab_size=400, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=64)).save_pretrained(bert)
-    (bert / "config.json").write_bytes((directory / "config.json").read_bytes())
-    (bert / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
-    run = _cli("import-hf", tmp_path / "w6", str(bert), check=False)
-    message = run.stderr.strip().splitlines()[-1]
-    assert run.returncode == 1 and "no tensor transformer.wte.weight" in message, message
-    assert "model_type 'gpt2'" in message, message
+        intermediate_size=128, max_position_embeddings=64))
+    message = _import_error(checkpoint_dir("bert_weights", bert), tmp_path / "w3")
+    assert "no tensor transformer.wte.weight" in message and "model_type 'gpt2'" in message
 
-    # A pickle only when allowed; a directory without a tokenizer names the fix.
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    (pickled / "config.json").write_bytes((directory / "config.json").read_bytes())
-    (pickled / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
-    torch.save(hf_model.state_dict(), pickled / "pytorch_model.bin")
-    run = _cli("import-hf", tmp_path / "w3", str(pickled), check=False)
-    assert run.returncode == 1 and "--allow-pickle" in run.stderr.strip().splitlines()[-1]
-    _cli("import-hf", tmp_path / "w4", str(pickled), "--allow-pickle")
-    assert (tmp_path / "w4" / "checkpoints" / "0").is_dir()
-    no_tokenizer = tmp_path / "no_tokenizer"
-    hf_model.save_pretrained(no_tokenizer)
-    run = _cli("import-hf", tmp_path / "w5", str(no_tokenizer), check=False)
-    assert run.returncode == 1 and "--tokenizer" in run.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "w5" / "checkpoints").exists()
+    # A pickle only when allowed.
+    pickled = checkpoint_dir("pickled", hf_model, pickle=True)
+    assert "--allow-pickle" in _import_error(pickled, tmp_path / "w4")
+    from textgen_jax.convert.workdir import import_to_workdir
+    import_to_workdir(pickled, tmp_path / "w5", allow_pickle=True, log=lambda line: None)
+    assert (tmp_path / "w5" / "checkpoints" / "0").is_dir()
+
+    # No tokenizer.json: the fix is named.
+    no_tokenizer = checkpoint_dir("no_tokenizer", hf_model)
+    (no_tokenizer / "tokenizer.json").unlink()
+    assert "--tokenizer" in _import_error(no_tokenizer, tmp_path / "w6")
