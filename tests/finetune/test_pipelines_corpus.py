@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+from absl import flags
 
 from textgen_jax.data.sources import open_source
 from textgen_jax.finetune.pipelines import finetune_dataset, finetune_rows
@@ -177,3 +178,18 @@ def test_bad_task_inputs_are_clear_errors(task_config, stdlib_tokenizer):
     config.data.languages = ("en",)
     with pytest.raises(ValueError, match=r"'code' is not in config.data.languages=\('en',\)"):
         finetune_dataset(config, stdlib_tokenizer, "train")
+
+
+def test_worker_processes_give_the_same_batches(task_config, stdlib_tokenizer):
+    # grain's workers are spawned: the row transform and its source must pickle. They read
+    # absl flags, which the CLI parses and pytest does not.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    config = task_config("docstring_similarity", "gpt", seq_len=32)
+    in_process = _take(iter(finetune_dataset(config, stdlib_tokenizer, "validation")), 3)
+    config.data.worker_count = 1
+    iterator = iter(finetune_dataset(config, stdlib_tokenizer, "validation"))
+    for a, b in zip(in_process, _take(iterator, 3)):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    iterator.close()

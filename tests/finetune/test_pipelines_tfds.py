@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 import tensorflow_datasets.question_answering.squad  # noqa: F401  (registers the builders)
+import tensorflow_datasets.text.conll2003  # noqa: F401
 import tensorflow_datasets.summarization.cnn_dailymail  # noqa: F401
 import tensorflow_datasets.summarization.xsum  # noqa: F401
 import tensorflow_datasets.text.glue  # noqa: F401
@@ -260,3 +261,38 @@ def test_missing_split_is_an_error(task_config, stdlib_tokenizer):
 def test_qa_needs_an_encoder(task_config, stdlib_tokenizer):
     with pytest.raises(ValueError, match=r"needs one of \('bert', 'xlm'\).*'gpt2'"):
         _batches(task_config("squad", "gpt2"), stdlib_tokenizer)
+
+
+def _conll_examples(_builder, split, **_):
+    del split
+    words = [b"EU", b"rejects", b"German", b"call", b"to", b"boycott", b"British", b"lamb", b"."]
+    tags = [3, 0, 7, 0, 0, 0, 7, 0, 0]  # B-ORG O B-MISC O O O B-MISC O O
+    return [{"tokens": np.array(words), "ner": np.array(tags), "pos": np.zeros(9, np.int64),
+             "chunks": np.zeros(9, np.int64)}] * 4
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm"])
+def test_conll_tags_sit_on_each_words_first_piece(task_config, stdlib_tokenizer, arch):
+    tok, seq_len = stdlib_tokenizer, 12  # cuts the sentence
+    example = _conll_examples(None, "dev")[0]
+    with tfds.testing.mock_data(**MOCK, as_data_source_fn=_conll_examples):
+        batch = _batches(task_config("conll2003", arch, seq_len=seq_len), tok)[0]
+    assert batch["labels"].shape == (4, seq_len)
+    row = flat_rows(batch, seq_len)[0]
+    pieces, _ = check_text_row(row, tok, arch, 1, seq_len)
+    expected_labels, expected_pieces = [], []
+    for word, tag in zip(example["tokens"], example["ner"]):
+        ids = tok.encode(word.decode())
+        expected_pieces += ids
+        expected_labels += [tag] + [-1] * (len(ids) - 1)
+    assert is_truncation_of(pieces, expected_pieces) and len(pieces) == seq_len - 2
+    labels = row["labels"].tolist()
+    assert labels[0] == labels[len(pieces) + 1] == -1  # [cls]/[bos] and the closing token
+    assert labels[1:len(pieces) + 1] == expected_labels[:len(pieces)]
+
+
+def test_conll_words_and_tags_must_pair(task_config, stdlib_tokenizer):
+    # Random mock data draws the tags' length independently of the words'.
+    with tfds.testing.mock_data(**MOCK):
+        with pytest.raises(ValueError, match=r"has \d+ words but \d+ 'ner' tags"):
+            _batches(task_config("conll2003", "bert"), stdlib_tokenizer)

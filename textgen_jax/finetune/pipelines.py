@@ -23,6 +23,9 @@ Text rows (classification, regression, similarity, and each choice of multiple_c
   multiple_choice: every key gains a choice axis, [B, num_choices, L], one row per
          `context, choice` pair; labels [B] the right choice.
 
+token_classification (bert, xlm): the text row of the words' pieces, and labels [B, L]: each
+  word's tag on its first piece, IGNORE_LABEL (-1) on its other pieces, specials and padding.
+
 extractive_qa (bert, xlm): the text row of (question, context), plus start_positions,
   end_positions [B] (the answer's first and last token; 0, the [cls] position, when the answer
   was cut off or is not in the context), context_offsets [B, L, 2] (the character span in the
@@ -59,7 +62,9 @@ from textgen_jax.data.tokenizer import Tokenizer
 from textgen_jax.finetune.tasks import Task, get_task, signature_of
 
 ARCHS = ("bert", "xlm", "gpt", "gpt2", "bart")
-KIND_ARCHS = {"extractive_qa": ("bert", "xlm"), "seq2seq": ("bart", "xlm", "gpt", "gpt2")}
+KIND_ARCHS = {"extractive_qa": ("bert", "xlm"), "token_classification": ("bert", "xlm"),
+              "seq2seq": ("bart", "xlm", "gpt", "gpt2")}
+IGNORE_LABEL = -1  # token_classification: no loss (later pieces of a word, specials, padding)
 
 
 def _text(value: Any) -> str:
@@ -284,6 +289,8 @@ class _TaskRows:
                                        self._encode(_text(_feature(example, task.target, task))))
             if task.kind == "extractive_qa":
                 return self._qa_row(example, index)
+            if task.kind == "token_classification":
+                return self._tagged_row(example, index)
             texts, labels = self._texts(example), self._label(example, index)
         ids = [self._encode(t) for t in texts]
         b = ids[1] if len(ids) > 1 else None
@@ -294,6 +301,28 @@ class _TaskRows:
             row = _stack([fmt.text_row(a, b)[0], fmt.text_row(b, a)[0]])
         else:
             row = fmt.text_row(ids[0], b)[0]
+        return {**row, "labels": labels}
+
+    def _tagged_row(self, example: Mapping[str, Any], index: int) -> dict[str, np.ndarray]:
+        """The words' pieces as one text; each word's tag on its first piece (BERT §4.3)."""
+        words = [_text(w) for w in _feature(example, self.task.inputs[0], self.task)]
+        tags = np.asarray(_feature(example, self.task.target, self.task)).astype(np.int64)
+        if len(tags) != len(words):
+            raise ValueError(f"Example {index} of task {self.task.name!r} has {len(words)} "
+                             f"words but {len(tags)} {self.task.target!r} tags; they must pair.")
+        bad = tags[(tags < 0) | (tags >= self.task.num_labels)]
+        if bad.size:
+            raise ValueError(f"Example {index} of task {self.task.name!r} has label {bad[0]}, "
+                             f"outside [0, num_labels={self.task.num_labels}).")
+        ids, first_piece_tags = [], []
+        for word, tag in zip(words, tags):
+            pieces = self._encode(word)
+            ids += pieces
+            first_piece_tags += [int(tag)] + [IGNORE_LABEL] * (len(pieces) - 1)
+        row, _ = self.formatter.text_row(ids, None)
+        kept = int(row["attention_ids"].sum()) - 2  # [cls]/[bos] ... [sep]/[eos]
+        labels = np.full(self.formatter.seq_len, IGNORE_LABEL, np.int32)
+        labels[1:1 + kept] = first_piece_tags[:kept]
         return {**row, "labels": labels}
 
     def _qa_row(self, example: Mapping[str, Any], index: int) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ Kinds (what the head predicts from the features in `Task.inputs`):
   similarity       a pair whose order carries no meaning -> a class, or a float score when
                    num_labels == 1 (STS-B); GPT reads it in both orders (GPT §3.3).
   multiple_choice  a context and num_labels candidate answers -> the index of the right one.
+  token_classification  a sequence of words -> one of num_labels tags per word (NER).
   extractive_qa    a question and a context -> the answer's span in the context (SQuAD).
   seq2seq          a source text -> the target text in the feature `Task.target`.
 
@@ -19,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-KINDS = ("classification", "regression", "similarity", "multiple_choice", "extractive_qa",
-         "seq2seq")
+KINDS = ("classification", "regression", "similarity", "multiple_choice",
+         "token_classification", "extractive_qa", "seq2seq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +30,10 @@ class Task:
 
     inputs: the text features read, in order (a pair for entailment and similarity; the
       question then the context for QA; the source for seq2seq).
-    target: the label feature (classification, regression, similarity), the answers feature
+    target: the label feature (classification, regression, similarity; a sequence of tags, one
+      per word, for token_classification), the answers feature
       (extractive_qa, SQuAD's {'text', 'answer_start'}) or the target text (seq2seq).
-    num_labels: classes; 1 for a float score; candidate answers for multiple_choice; 0 for QA
+    num_labels: classes (tags for token_classification); 1 for a float score; candidate answers for multiple_choice; 0 for QA
       and seq2seq.
     splits: the dataset's splits; train_split and eval_split are the defaults fine-tuning uses.
     languages: a multilingual task's languages: XNLI's (the one read is config.task.language,
@@ -95,6 +97,9 @@ _TASKS = [
     _glue("qqp", "similarity", ("question1", "question2"), 2, ("accuracy", "f1")),
     _glue("mrpc", "similarity", ("sentence1", "sentence2"), 2, ("accuracy", "f1")),
     _glue("stsb", "similarity", ("sentence1", "sentence2"), 1, ("pearson", "spearman")),
+    # Token-level scores; CoNLL's own figure is entity-level F1 (not computed here).
+    Task("conll2003", "token_classification", "conll2003", ("tokens",), "ner", 9,
+         ("accuracy", "macro_f1"), splits=("train", "dev", "test"), eval_split="dev"),
     Task("squad", "extractive_qa", "squad/v1.1", ("question", "context"), "answers", 0,
          ("exact_match", "squad_f1")),
     Task("cnn_dailymail", "seq2seq", "cnn_dailymail", ("article",), "highlights", 0,
