@@ -38,6 +38,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A GPT-2 small enough for a step in tens of milliseconds on 2 cores.
@@ -98,3 +100,28 @@ def tiny_run(stdlib_data_dir: str, stdlib_tokenizer: Tokenizer):
 def train_flags(data_dir: str, config: str = "configs/gpt2.py:tiny") -> tuple[str, ...]:
     return (f"--config={config}", f"--config.data.data_dir={data_dir}",
             *TINY_OVERRIDES)
+
+
+def train_tiny_workdir(workdir: Path, data_dir: str, tokenizer: Tokenizer, *flags: str) -> Path:
+    """A tiny GPT-2 trained through the CLI in `workdir` (with the session's tokenizer)."""
+    tokenizer.save(workdir / "tokenizer.model")
+    subprocess.run(cli_command("train", workdir, *train_flags(data_dir), *flags), env=cli_env(),
+                   cwd=REPO, check=True, capture_output=True, timeout=600)
+    return workdir
+
+
+def assert_iterator_resumes(make_iterator, skip: int = 3, compare: int = 2) -> list[dict]:
+    """A fresh iterator given another's state after `skip` batches yields the same next
+    `compare` batches. Returns them."""
+    first = make_iterator()
+    for _ in range(skip):
+        next(first)
+    state = first.get_state()
+    expected = [next(first) for _ in range(compare)]
+    again = make_iterator()
+    again.set_state(state)
+    for want in expected:
+        got = next(again)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    return expected

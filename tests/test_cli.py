@@ -11,18 +11,15 @@ import jax.numpy as jnp
 import pytest
 
 import textgen_jax
-from conftest import REPO, cli_command, cli_env, read_metrics, train_flags
+from conftest import (REPO, cli_command, cli_env, read_metrics, train_flags,
+                      train_tiny_workdir)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, stdlib_data_dir, stdlib_tokenizer):
-    workdir = tmp_path_factory.mktemp("trained")
-    stdlib_tokenizer.save(workdir / "tokenizer.model")
-    subprocess.run(cli_command("train", workdir, *train_flags(stdlib_data_dir),
-                               "--config.train.num_steps=30", "--config.train.eval_every=30",
-                               "--config.train.checkpoint_every=30"),
-                   env=cli_env(), cwd=REPO, check=True, capture_output=True, timeout=600)
-    return workdir
+    return train_tiny_workdir(tmp_path_factory.mktemp("trained"), stdlib_data_dir,
+                              stdlib_tokenizer, "--config.train.num_steps=30",
+                              "--config.train.eval_every=30", "--config.train.checkpoint_every=30")
 
 
 def _generate(workdir, *flags):

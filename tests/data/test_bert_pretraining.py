@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import assert_iterator_resumes
 
 from textgen_jax.config import base_config
 from textgen_jax.data.masking import IGNORE_LABEL, special_ids
@@ -77,17 +78,8 @@ def test_about_15_percent_of_the_tokens_are_predicted(many_batches, stdlib_token
 
 
 def test_same_seed_same_rows_and_resume_from_state(config, stdlib_tokenizer):
-    first = iter(bert_pretraining_dataset(config, stdlib_tokenizer, "train"))
-    for _ in range(3):
-        next(first)
-    state = first.get_state()
-    expected = [next(first) for _ in range(2)]
-    again = iter(bert_pretraining_dataset(config, stdlib_tokenizer, "train"))
-    again.set_state(state)
-    for want in expected:
-        got = next(again)
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_iterator_resumes(lambda: iter(bert_pretraining_dataset(config, stdlib_tokenizer,
+                                                                  "train")))
     first_batch = next(iter(bert_pretraining_dataset(config, stdlib_tokenizer, "train")))
     config.seed = 1  # another seed, other rows
     other = next(iter(bert_pretraining_dataset(config, stdlib_tokenizer, "train")))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_iterator_resumes
 
 from textgen_jax.config import ConfigError, base_config
 from textgen_jax.data.masking import special_ids
@@ -173,17 +174,8 @@ def test_iterator_resumes_exactly(stdlib_data_dir, stdlib_tokenizer, objective, 
     """A restored iterator state continues with the same batches: the language mixture, the
     packing of each language's stream and the masks all resume where they were."""
     config = _config(stdlib_data_dir, objective)
-    first = iter(dataset(config, stdlib_tokenizer, "train"))
-    for _ in range(3):
-        next(first)
-    state = first.get_state()
-    expected = [next(first) for _ in range(3)]
-    again = iter(dataset(config, stdlib_tokenizer, "train"))
-    again.set_state(state)
-    for want in expected:
-        got = next(again)
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    expected = assert_iterator_resumes(lambda: iter(dataset(config, stdlib_tokenizer, "train")),
+                                       compare=3)
     # The state matters: a fresh iterator starts elsewhere.
     fresh = next(iter(dataset(config, stdlib_tokenizer, "train")))
     assert not np.array_equal(fresh["inputs"], expected[0]["inputs"])

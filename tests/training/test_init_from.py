@@ -3,24 +3,18 @@ of them fixed. Through the real CLI on the tiny GPT-2."""
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
-from conftest import REPO, cli_command, cli_env, read_metrics, train_flags
+from conftest import read_metrics, train_tiny_workdir
 
 import textgen_jax
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, stdlib_data_dir, stdlib_tokenizer):
-    workdir = tmp_path_factory.mktemp("pretrained")
-    stdlib_tokenizer.save(workdir / "tokenizer.model")
-    subprocess.run(cli_command("train", workdir, *train_flags(stdlib_data_dir),
-                               "--config.train.num_steps=30", "--config.train.eval_every=30",
-                               "--config.train.checkpoint_every=30"),
-                   env=cli_env(), cwd=REPO, check=True, capture_output=True, timeout=600)
-    return workdir
+    return train_tiny_workdir(tmp_path_factory.mktemp("pretrained"), stdlib_data_dir,
+                              stdlib_tokenizer, "--config.train.num_steps=30",
+                              "--config.train.eval_every=30", "--config.train.checkpoint_every=30")
 
 
 def _leaves(params) -> dict[str, np.ndarray]:
