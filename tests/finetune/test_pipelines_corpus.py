@@ -92,10 +92,8 @@ def test_docstring_similarity_gpt_reads_both_orders(task_config, stdlib_tokenize
     rows = _rows(task_config("docstring_similarity", "gpt", seq_len=64), split="train",
                  count=10)
     for row in rows:
-        first = check_text_row({k: v[0] for k, v in row.items() if k != "labels"}, tok,
-                               "gpt", 2, 64)
-        second = check_text_row({k: v[1] for k, v in row.items() if k != "labels"}, tok,
-                                "gpt", 2, 64)
+        first, second = (check_text_row(order, tok, "gpt", 2, 64)
+                         for order in flat_rows(row, 64))
         assert second == first[::-1]
 
 

@@ -21,7 +21,9 @@ import tensorflow_datasets.text.glue  # noqa: F401
 import tensorflow_datasets.text.xnli  # noqa: F401
 import tensorflow_datasets.translate.wmt14  # noqa: F401
 
-from textgen_jax.finetune.pipelines import best_answer_span, finetune_dataset
+from textgen_jax.finetune.metrics import compute_metrics
+from textgen_jax.finetune.pipelines import (best_answer_span, finetune_dataset, references,
+                                            task_source)
 from textgen_jax.finetune.tasks import get_task
 
 from finetune_rows import check_text_row, flat_rows, is_truncation_of
@@ -75,6 +77,8 @@ def test_glue_batches(task_config, stdlib_tokenizer, task_name, arch):
             if len(task.inputs) == 2:
                 assert is_truncation_of(second, tok.encode(_text(example[task.inputs[1]])))
             np.testing.assert_allclose(labels[r // 2 if both_orders else r], example["label"])
+            assert batch["example_index"][r // 2 if both_orders else r] == index
+            assert references(config, example) == pytest.approx(example["label"])
     if len(task.inputs) == 2:
         assert max(lengths) == SEQ_LEN  # mock pairs overflow: truncation was exercised
 
@@ -106,10 +110,13 @@ def test_seq2seq_batches(task_config, stdlib_tokenizer, task_name, arch):
         examples = [source[i] for i in range(len(source))]
     rows = [row for batch in batches for row in flat_rows(batch, SEQ_LEN)]
     assert len(rows) == NUM_EXAMPLES
-    for row, example in zip(rows, examples):
+    for index, (row, example) in enumerate(zip(rows, examples)):
+        assert int(row["example_index"]) == index
+        assert references(config, example) == _text(example[task.target])
         source_ids = tok.encode(_text(example[task.inputs[0]]))
         target_ids = tok.encode(_text(example[task.target]))
-        assert all(v.shape == (SEQ_LEN,) for k, v in row.items() if k != "prompt_lengths")
+        assert all(v.shape == (SEQ_LEN,) for k, v in row.items()
+                   if k not in ("prompt_lengths", "example_index"))
         if arch in ("gpt", "gpt2"):
             inputs, prompt = row["inputs"].tolist(), int(row["prompt_lengths"])
             length = int(row["attention_ids"].sum())
@@ -159,9 +166,10 @@ def test_squad_positions_map_back_to_the_answer(task_config, stdlib_tokenizer):
     tok = stdlib_tokenizer
     seq_len = 48
     config = task_config("squad", "bert", seq_len=seq_len)
-    examples = _squad_examples(None, "validation")
     with tfds.testing.mock_data(**MOCK, as_data_source_fn=_squad_examples):
         batch = _batches(config, tok)[0]
+        examples = task_source(config, "validation")  # what evaluation reads back
+    predictions, answers = [], []
     for i, row in enumerate(flat_rows(batch, seq_len)):
         check_text_row(row, tok, "bert", 2, seq_len)
         assert int(row["example_index"]) == i
@@ -177,8 +185,13 @@ def test_squad_positions_map_back_to_the_answer(task_config, stdlib_tokenizer):
             start_logits, end_logits = np.zeros(seq_len), np.zeros(seq_len)
             start_logits[start], end_logits[end] = 5.0, 5.0
             assert best_answer_span(start_logits, end_logits, offsets, context) == answer
+            predictions.append(best_answer_span(start_logits, end_logits, offsets, context))
+            answers.append(references(config, examples[i]))
         else:  # cut off (3) or not in the context (4)
             assert start == end == 0
+    assert answers[0] == ["Paris", "Paris"]
+    assert compute_metrics(["exact_match", "squad_f1"], predictions, answers) == {
+        "exact_match": 1.0, "squad_f1": 1.0}
 
 
 def test_squad_on_random_mock_data(task_config, stdlib_tokenizer):

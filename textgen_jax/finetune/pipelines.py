@@ -28,9 +28,9 @@ token_classification (bert, xlm): the text row of the words' pieces, and labels 
 
 extractive_qa (bert, xlm): the text row of (question, context), plus start_positions,
   end_positions [B] (the answer's first and last token; 0, the [cls] position, when the answer
-  was cut off or is not in the context), context_offsets [B, L, 2] (the character span in the
-  context of the word each context token belongs to, -1 elsewhere) and example_index [B] (the
-  example's index in the split, to read its context and answers for `best_answer_span`).
+  was cut off or is not in the context) and context_offsets [B, L, 2] (the character span in
+  the context of the word each context token belongs to, -1 elsewhere), which
+  `best_answer_span` turns back into text.
 
 seq2seq:
   bart   inputs `[bos] source [eos]`, input_mask, decoder_inputs = eos + targets[:-1],
@@ -40,6 +40,10 @@ seq2seq:
   gpt, gpt2  inputs `[bos] source [sep] target [eos]`, positions, attention_ids, targets (the
          next token of each position), target_mask (1 where that next token is in the target)
          and prompt_lengths [B] (the length of `[bos] source [sep]`, what generation reads).
+
+Every kind also has example_index [B]: the example's index in the split, for evaluation to
+read what the rows do not hold (`task_source`, `references`: a QA context and its answers, a
+seq2seq reference).
 
 Rows are a pure function of (config seeds, the example's index): embedded-corpus tasks draw
 their pairs and distractors from a generator seeded by both, so batches are deterministic and
@@ -272,6 +276,9 @@ class _TaskRows:
                 [choices[i] for i in order], int(np.argmax(order == 0)))
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
+        return {**self._row(index), "example_index": np.int32(index)}
+
+    def _row(self, index: int) -> dict[str, np.ndarray]:
         task, fmt = self.task, self.formatter
         rng = np.random.default_rng([self.seed, index])
         if task.kind == "multiple_choice":
@@ -353,8 +360,7 @@ class _TaskRows:
                     start_position = context_start + inside[0]
                     end_position = context_start + inside[-1]
         return {**row, "start_positions": np.int32(start_position),
-                "end_positions": np.int32(end_position), "context_offsets": offsets,
-                "example_index": np.int32(index)}
+                "end_positions": np.int32(end_position), "context_offsets": offsets}
 
 
 def _language_index(config: ml_collections.ConfigDict, language: str) -> int:
@@ -366,6 +372,34 @@ def _language_index(config: ml_collections.ConfigDict, language: str) -> int:
         raise ValueError(f"Language {language!r} is not in config.data.languages={languages}; "
                          "add it (the language embeddings are indexed by that list).")
     return languages.index(language)
+
+
+def task_source(config: ml_collections.ConfigDict, split: str) -> Sequence[Mapping[str, Any]]:
+    """The random-access examples of `split` of task config.task.name, indexed as the rows'
+    example_index (config.data's data_dir; the dataset is the task's)."""
+    task = get_task(config.task.name)
+    task.check_split(split)
+    data_config = copy.deepcopy(config.data)
+    data_config.unlock()
+    data_config.update(dataset=task.dataset, files="")
+    return open_source(data_config, split, check_text_key=False)
+
+
+def references(config: ml_collections.ConfigDict, example: Mapping[str, Any]) -> Any:
+    """What `metrics.compute_metrics` compares a prediction of `example` with: the label of
+    a classification-like task, the answer texts of a QA one (a list), the target text of a
+    seq2seq one. (multiple_choice, docstring_similarity and token_classification build their
+    labels in the rows: read `labels` there.)"""
+    task = get_task(config.task.name)
+    value = _feature(example, task.target, task)
+    if task.kind == "extractive_qa":
+        return [_text(answer) for answer in np.atleast_1d(value["text"])]
+    if task.kind == "seq2seq":
+        return _text(value)
+    if task.kind in ("multiple_choice", "token_classification") or (
+            task.name == "docstring_similarity"):
+        raise ValueError(f"Task {task.name!r}'s labels are the rows' 'labels'.")
+    return float(value) if task.is_regression else int(value)
 
 
 def finetune_rows(
@@ -390,7 +424,6 @@ def finetune_rows(
     if arch not in KIND_ARCHS.get(task.kind, ARCHS):
         raise ValueError(f"Task {task.name!r} ({task.kind}) needs one of "
                          f"{KIND_ARCHS[task.kind]}, not config.model.arch={arch!r}.")
-    task.check_split(split)
     language = config.task.language or (task.languages[0] if task.languages else "en")
     if task.name == "xnli" and language not in task.languages:
         raise ValueError(f"config.task.language={language!r} is not an XNLI language; use one "
@@ -401,10 +434,7 @@ def finetune_rows(
         if task.kind == "seq2seq" and len(task.languages) == 2:
             target_lang_id = _language_index(config, task.languages[1])
 
-    data_config = copy.deepcopy(config.data)
-    data_config.unlock()
-    data_config.update(dataset=task.dataset, files="")
-    source = open_source(data_config, split, check_text_key=False)
+    source = task_source(config, split)
     if len(source) < process_count:
         raise ValueError(f"Split {split!r} of task {task.name!r} has {len(source)} examples, "
                          f"fewer than the {process_count} processes that share it.")
@@ -444,7 +474,8 @@ def best_answer_span(start_logits: np.ndarray, end_logits: np.ndarray,
     n_best best starts and n_best best ends that lie in the context, end >= start and at most
     max_answer_length tokens long (BERT's SQuAD decoding); '' when no span qualifies.
 
-    start_logits, end_logits [L]; context_offsets [L, 2] (the row's, -1 off the context).
+    start_logits, end_logits [L]; context_offsets [L, 2] (the row's, -1 off the context);
+    context the example's, `task_source(config, split)[example_index]['context']`.
     """
     start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
     in_context = np.asarray(context_offsets)[:, 0] >= 0
