@@ -106,3 +106,21 @@ def test_compute_metrics_by_name():
     assert squad == {"squad_f1": 1.0, "exact_match": 1.0}
     with pytest.raises(ValueError, match="Unknown metrics.*'accuracy'"):
         metrics.compute_metrics(["acuracy"], [1], [1])
+
+
+def test_entity_f1_matches_seqeval(rng):
+    from seqeval.metrics import f1_score  # conlleval's reading of IOB tags
+
+    tags = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+    for _ in range(30):
+        references = [[tags[t] for t in rng.integers(len(tags), size=rng.integers(1, 12))]
+                      for _ in range(8)]
+        # Keep about 70% of the tags: some entities right, some cut, merged or retyped.
+        predictions = [[t if rng.random() < 0.7 else tags[rng.integers(len(tags))] for t in s]
+                       for s in references]
+        assert metrics.entity_f1(predictions, references) == pytest.approx(
+            f1_score(references, predictions))
+    sentence = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC"]  # I- may open an entity
+    assert metrics.entity_spans(sentence) == {("PER", 0, 1), ("LOC", 3, 4), ("LOC", 5, 5)}
+    assert metrics.entity_f1([sentence], [sentence]) == 1.0
+    assert metrics.entity_f1([["O", "O"]], [["O", "O"]]) == 0.0  # no entities at all

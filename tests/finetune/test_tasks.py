@@ -36,3 +36,12 @@ def test_signature_of_drops_decorators_and_body():
             "    return width * height\n")
     assert signature_of(code) == ("def area(width: int,\n         height: int = (1)) -> int:")
     assert signature_of("async def fetch(self):\n    pass\n") == "async def fetch(self):"
+
+
+def test_conll_label_names_are_the_datasets():
+    import tensorflow_datasets as tfds
+    import tensorflow_datasets.text.conll2003  # noqa: F401
+
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE):
+        names = tfds.builder("conll2003").info.features["ner"].feature.names
+    assert tuple(names) == get_task("conll2003").label_names

@@ -101,6 +101,39 @@ def spearman(predictions: Sequence[float], labels: Sequence[float]) -> float:
     return pearson(_average_ranks(x), _average_ranks(y))
 
 
+def entity_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """(type, first, last) of the entities in one IOB/IOB2 tag sequence ('B-PER', 'I-PER',
+    'O', ...), read as CoNLL's conlleval does: an entity starts at B-x, or at I-x that does not
+    continue an entity of type x, and ends before O, B-, or a change of type."""
+    spans, start, kind = set(), None, ""
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, tag_type = tag.partition("-")
+        if start is not None and (prefix in ("B", "O") or tag_type != kind):
+            spans.add((kind, start, i - 1))
+            start = None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = i, tag_type
+    return spans
+
+
+def entity_f1(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]
+              ) -> float:
+    """CoNLL-2003's NER score: micro F1 over entities (type and exact extent) of all
+    sentences, each a sequence of IOB tags; 0 when nothing is predicted or present."""
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"{len(predictions)} predicted tag sequences for {len(references)} "
+                         "references.")
+    predicted = true = correct = 0
+    for sentence_predictions, sentence_references in zip(predictions, references):
+        if len(sentence_predictions) != len(sentence_references):
+            raise ValueError(f"{len(sentence_predictions)} predicted tags for "
+                             f"{len(sentence_references)} words.")
+        guessed, gold = entity_spans(sentence_predictions), entity_spans(sentence_references)
+        predicted, true, correct = predicted + len(guessed), true + len(gold), correct + len(
+            guessed & gold)
+    return 2 * correct / (predicted + true) if predicted + true else 0.0
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD v1.1's official answer normalisation: lower case, punctuation and the articles
     a/an/the removed, whitespace collapsed."""
@@ -170,7 +203,7 @@ _LABEL_METRICS: dict[str, Callable[..., float]] = {
     "accuracy": accuracy, "f1": f1, "macro_f1": _macro_f1, "matthews": matthews_correlation,
     "pearson": pearson, "spearman": spearman,
 }
-TEXT_METRICS = ("exact_match", "squad_f1", "rouge1", "rouge2", "rougeL", "bleu")
+TEXT_METRICS = ("entity_f1", "exact_match", "squad_f1", "rouge1", "rouge2", "rougeL", "bleu")
 METRICS = (*_LABEL_METRICS, *TEXT_METRICS)  # every name a Task may list; higher is better
 
 
@@ -179,6 +212,7 @@ def compute_metrics(names: Sequence[str], predictions: Sequence, references: Seq
     """{name: score} for the metric `names` (from METRICS) of one evaluation.
 
     Label metrics take predicted and true labels (ints, or floats for pearson/spearman);
+    entity_f1 takes predicted and true IOB tag sequences, one per sentence;
     exact_match and squad_f1 take answer strings and, per prediction, a list of gold answers;
     ROUGE and BLEU take predicted and reference strings.
     """
@@ -194,6 +228,8 @@ def compute_metrics(names: Sequence[str], predictions: Sequence, references: Seq
     rouge_types = [n for n in names if n.startswith("rouge")]
     if rouge_types:
         results.update(rouge(predictions, references, rouge_types))
+    if "entity_f1" in names:
+        results["entity_f1"] = entity_f1(predictions, references)
     if "bleu" in names:
         results["bleu"] = bleu(predictions, references)
     return {n: results[n] for n in names}

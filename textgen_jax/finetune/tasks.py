@@ -38,6 +38,8 @@ class Task:
     splits: the dataset's splits; train_split and eval_split are the defaults fine-tuning uses.
     languages: a multilingual task's languages: XNLI's (the one read is config.task.language,
       '' = the first), a translation's (source, target).
+    label_names: the classes' names where a metric reads them (token_classification's IOB
+      tags for entity_f1).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Task:
     train_split: str = "train"
     eval_split: str = "validation"
     languages: tuple[str, ...] = ()
+    label_names: tuple[str, ...] = ()
 
     @property
     def is_regression(self) -> bool:
@@ -97,9 +100,11 @@ _TASKS = [
     _glue("qqp", "similarity", ("question1", "question2"), 2, ("accuracy", "f1")),
     _glue("mrpc", "similarity", ("sentence1", "sentence2"), 2, ("accuracy", "f1")),
     _glue("stsb", "similarity", ("sentence1", "sentence2"), 1, ("pearson", "spearman")),
-    # Token-level scores; CoNLL's own figure is entity-level F1 (not computed here).
+    # Scored as CoNLL's entity F1 over the tags of label_names (the dataset's ClassLabel).
     Task("conll2003", "token_classification", "conll2003", ("tokens",), "ner", 9,
-         ("accuracy", "macro_f1"), splits=("train", "dev", "test"), eval_split="dev"),
+         ("entity_f1",), splits=("train", "dev", "test"), eval_split="dev",
+         label_names=("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC",
+                      "I-MISC")),
     Task("squad", "extractive_qa", "squad/v1.1", ("question", "context"), "answers", 0,
          ("exact_match", "squad_f1")),
     Task("cnn_dailymail", "seq2seq", "cnn_dailymail", ("article",), "highlights", 0,
