@@ -172,6 +172,9 @@ def test_bad_task_inputs_are_clear_errors(task_config, stdlib_tokenizer):
         finetune_dataset(task_config("docstring_kinds", "bert"), stdlib_tokenizer, "train")
     with pytest.raises(ValueError, match=r"'code_to_docstring' \(seq2seq\) needs one of"):
         finetune_dataset(task_config("code_to_docstring", "bert"), stdlib_tokenizer, "train")
+    with pytest.raises(ValueError, match=r"has 3 examples, fewer than .* the 4 choices"):
+        finetune_dataset(task_config("docstring_choice", "bert"), stdlib_tokenizer,
+                         "validation[:3]")
     config = task_config("code_to_docstring", "xlm")
     config.data.languages = ("en",)
     with pytest.raises(ValueError, match=r"'code' is not in config.data.languages=\('en',\)"):

@@ -218,6 +218,9 @@ class _TaskRows:
         # docstring_similarity: module -> indices of its docstrings, read once up front (every
         # reader thread needs it from its first row).
         self.modules = _module_index(source) if task.name == "docstring_similarity" else {}
+        if task.name == "docstring_similarity" and len(self.modules) < 2:
+            raise ValueError(f"docstring_similarity needs docstrings of 2 modules or more; the "
+                             f"split has {len(self.modules)}. Use a larger split.")
 
     def _encode(self, text: str) -> list[int]:
         return self.formatter.tokenizer.encode(text)
@@ -435,9 +438,10 @@ def finetune_rows(
             target_lang_id = _language_index(config, task.languages[1])
 
     source = task_source(config, split)
-    if len(source) < process_count:
+    if len(source) < max(process_count, task.num_labels if task.kind == "multiple_choice" else 1):
         raise ValueError(f"Split {split!r} of task {task.name!r} has {len(source)} examples, "
-                         f"fewer than the {process_count} processes that share it.")
+                         f"fewer than the {process_count} processes that share it or the "
+                         f"{task.num_labels} choices drawn from it; use a larger split.")
     formatter = _RowFormatter(tokenizer, arch, config.data.seq_len, lang_id, target_lang_id)
     indices = process_shard(grain.MapDataset.range(len(source)), process_index, process_count)
     indices = epochs(indices, config, shuffle, repeat)
