@@ -8,6 +8,8 @@ Presets (the argument after the colon):
           sequences of 128, trained on the embedded stdlib-docstring corpus with an 8k BPE
           vocabulary.
             textgen-jax train --config configs/bart.py:tiny --workdir runs/bart_tiny
+          Measured on a 2-core CPU: 800 steps, validation loss 9.05 -> 5.98, reconstruction
+          token accuracy 0.004 -> 0.153.
   base    BART-Base 140M: 6 + 6 layers, 768, 12 heads, ffn 3072, 1024 positions, vocabulary
           50265.
             textgen-jax train --config configs/bart.py:base --workdir runs/bart_base \

@@ -4,6 +4,7 @@ Presets (the argument after the colon):
   tiny    CPU quick start: 4 layers, d_model 256, 4 heads, context 256, trained on the embedded
           stdlib-docstring corpus with an 8k BPE vocabulary.
             textgen-jax train --config configs/gpt.py:tiny --workdir runs/gpt_tiny
+          Measured on a 2-core CPU: 800 steps, validation loss 8.95 -> 5.35 nats.
   base    The paper's model (§4.1): 12 layers, 768, 12 heads, ffn 3072, context 512,
           vocabulary 40478, dropout 0.1, Adam lr 2.5e-4 (2000 warmup steps, cosine decay),
           batches of 64 x 512 tokens (the paper: 100 epochs of BooksCorpus; set num_steps).

@@ -4,6 +4,8 @@ Presets (the argument after the colon):
   tiny    CPU quick start: 4 layers, d_model 256, 4 heads, context 256, trained on the embedded
           stdlib-docstring corpus with an 8k BPE vocabulary.
             textgen-jax train --config configs/gpt2.py:tiny --workdir runs/gpt2_tiny
+          Measured on a 2-core CPU: 800 steps in ~6 min, validation loss 9.03 -> 5.32 nats
+          (a unigram model of the corpus: 6.58).
   small   GPT-2 124M: 12 layers, 768, 12 heads, context 1024, vocabulary 50257.
             textgen-jax train --config configs/gpt2.py:small --workdir runs/gpt2_small \
               --config.data.dataset=c4/en --config.data.data_dir=gs://BUCKET/tfds

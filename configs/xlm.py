@@ -7,9 +7,12 @@ Presets (the argument after the colon):
               "languages" of the embedded corpus: English docstrings ('en') and the Python code
               they document ('code'), from stdlib_docstrings/pairs; objective xlm_mlm.
                 textgen-jax train --config configs/xlm.py:tiny --workdir runs/xlm_tiny
+              Measured on a 2-core CPU: 800 steps, validation MLM loss 8.79 -> 5.80, accuracy
+              on the predicted tokens 0.106 -> 0.167.
               TLM over the (docstring, code) pairs, or CLM (which needs a causal model):
                 textgen-jax train --config configs/xlm.py:tiny --workdir runs/xlm_tiny_tlm \
                   --config.objective=tlm
+              (measured: 800 steps, validation TLM loss 8.82 -> 5.57, accuracy 0.091 -> 0.213)
                 textgen-jax train --config configs/xlm.py:tiny --workdir runs/xlm_tiny_clm \
                   --config.objective=xlm_clm --config.model.causal=True
               Then: textgen-jax fill-mask --workdir runs/xlm_tiny --text "Return the <mask>."
