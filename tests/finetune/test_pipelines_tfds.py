@@ -159,16 +159,22 @@ def _squad_examples(_builder, split, **_):
                      "answer_start": np.array([len(context) + 201], np.int32)}},
         {"id": b"4", "title": b"x", "question": b"Who?", "context": context.encode(),
          "answers": {"text": np.array([b"Lyon"]), "answer_start": np.array([0], np.int32)}},
+        # A question longer than the row: it is cut to half the row, the context keeps the rest.
+        {"id": b"5", "title": b"x", "question": b"Which city, " * 30 + b"?",
+         "context": context.encode(),
+         "answers": {"text": np.array([b"Paris"]), "answer_start": np.array([0], np.int32)}},
     ]
 
 
 def test_squad_positions_map_back_to_the_answer(task_config, stdlib_tokenizer):
     tok = stdlib_tokenizer
     seq_len = 48
-    config = task_config("squad", "bert", seq_len=seq_len)
+    config = task_config("squad", "bert", seq_len=seq_len, batch=1)
     with tfds.testing.mock_data(**MOCK, as_data_source_fn=_squad_examples):
-        batch = _batches(config, tok)[0]
+        batches = _batches(config, tok)
         examples = task_source(config, "validation")  # what evaluation reads back
+    batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    assert len(batch["inputs"]) == len(examples) == 5
     predictions, answers = [], []
     for i, row in enumerate(flat_rows(batch, seq_len)):
         check_text_row(row, tok, "bert", 2, seq_len)
@@ -178,7 +184,7 @@ def test_squad_positions_map_back_to_the_answer(task_config, stdlib_tokenizer):
         in_context = offsets[:, 0] >= 0
         assert (row["token_types"][in_context] == 1).all()  # offsets only on context tokens
         answer = examples[i]["answers"]["text"][0].decode()
-        if i < 2:
+        if i in (0, 1, 4):
             assert 0 < start <= end and in_context[start] and in_context[end]
             assert context[offsets[start, 0]:offsets[end, 1]] == answer
             # Logits peaked at the gold span decode to the answer text.
@@ -187,7 +193,7 @@ def test_squad_positions_map_back_to_the_answer(task_config, stdlib_tokenizer):
             assert best_answer_span(start_logits, end_logits, offsets, context) == answer
             predictions.append(best_answer_span(start_logits, end_logits, offsets, context))
             answers.append(references(config, examples[i]))
-        else:  # cut off (3) or not in the context (4)
+        else:  # cut off (2) or not in the context (3)
             assert start == end == 0
     assert answers[0] == ["Paris", "Paris"]
     assert compute_metrics(["exact_match", "squad_f1"], predictions, answers) == {

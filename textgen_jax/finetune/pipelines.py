@@ -346,7 +346,10 @@ class _TaskRows:
             pieces = self._encode(context[start:end])
             context_ids += pieces
             word_of_token += [word] * len(pieces)
-        row, context_start = self.formatter.text_row(self._encode(question), context_ids)
+        # The question keeps at most half the row, so truncation only ever cuts the context
+        # (BERT's max_query_length, §4.2's code).
+        question_ids = self._encode(question)[:(self.formatter.seq_len - 3) // 2]
+        row, context_start = self.formatter.text_row(question_ids, context_ids)
         kept = int(row["attention_ids"].sum()) - context_start - 1  # context tokens kept
         offsets = np.full((self.formatter.seq_len, 2), -1, np.int32)
         offsets[context_start:context_start + kept] = [spans[w] for w in word_of_token[:kept]]
