@@ -53,6 +53,7 @@ the iterator (a grain MapDataset up to batching) is checkpointable like the pret
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -87,17 +88,7 @@ def _feature(example: Mapping[str, Any], name: str, task: Task) -> Any:
 
 def word_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) character spans of the whitespace-separated words of `text`."""
-    spans, start = [], None
-    for i, ch in enumerate(text):
-        if ch.isspace():
-            if start is not None:
-                spans.append((start, i))
-                start = None
-        elif start is None:
-            start = i
-    if start is not None:
-        spans.append((start, len(text)))
-    return spans
+    return [match.span() for match in re.finditer(r"\S+", text)]
 
 
 def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
