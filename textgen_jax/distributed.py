@@ -99,17 +99,25 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
     return True
 
 
+# Runtime errors that mean a peer process is gone (gloo/NCCL sockets, the coordination service).
+_LOST_PEER_MARKERS = ("Connection reset", "Connection closed", "Connection refused", "heartbeat",
+                      "UNAVAILABLE", "another task died", "Broken pipe")
+
+
 def exit_on_lost_process(command: str, error: BaseException) -> None:
-    """After a runtime error in a multi-process run (a collective whose peer died: 'Connection
-    reset by peer'), prints one clear line and exits 1 at once; JAX's exit barrier would
-    otherwise wait heartbeat_timeout_s for the dead process, then abort with a stack trace."""
+    """After a JAX runtime error in a multi-process run, prints one clear line and exits 1 at
+    once: the other processes then fail fast too, where JAX's exit barrier would wait
+    heartbeat_timeout_s and abort with a stack trace. Returns (the caller re-raises) for a
+    single process or another kind of error."""
     import jax
 
-    if jax.process_count() == 1:
+    if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
         return
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    print(f"textgen-jax {command}: error: process {jax.process_index()} of "
-          f"{jax.process_count()} lost contact with the others (another process died or was "
-          f"killed; see its log): {detail}", file=sys.stderr, flush=True)
+    where = f"process {jax.process_index()} of {jax.process_count()}"
+    if any(marker in str(error) for marker in _LOST_PEER_MARKERS):
+        where += (" lost contact with the others (another process died or was killed; see its "
+                  "log)")
+    print(f"textgen-jax {command}: error: {where}: {detail}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)
