@@ -206,8 +206,8 @@ def test_squad_on_random_mock_data(task_config, stdlib_tokenizer):
         batches = _batches(task_config("squad", "xlm", seq_len=SEQ_LEN), tok)
     for batch in batches:
         assert batch["context_offsets"].shape == (4, SEQ_LEN, 2)
-        assert ((0 <= batch["start_positions"]) & (batch["start_positions"] <= batch["end_positions"])
-                & (batch["end_positions"] < SEQ_LEN)).all()
+        start, end = batch["start_positions"], batch["end_positions"]
+        assert ((0 <= start) & (start <= end) & (end < SEQ_LEN)).all()
         for row in flat_rows(batch, SEQ_LEN):
             check_text_row(row, tok, "xlm", 2, SEQ_LEN)
 
