@@ -119,18 +119,18 @@ def _built(arch: str):
 
 def _full_logits(model, params, prompts, generated):
     """Logits at the last token of each row's prompt + generated[row], recomputed without a
-    cache and without left padding: decoder-only rows are right-padded to a fixed length
-    (causal, so later tokens change nothing), BART's sources are each row's own tokens."""
+    cache and without left padding: decoder-only rows (causal: later tokens change nothing)
+    and BART's targets are right-padded to a fixed length, BART's sources right-padded with
+    their mask, as in training."""
+    if isinstance(model, Bart):
+        source = np.concatenate([_right_padded(ids, 8) for ids in prompts])
+        targets = np.concatenate([_right_padded([2] + list(new)) for new in generated])
+        logits = _uncached(model, params, source, targets, (source != PAD).astype(np.int32))
+        return np.stack([logits[row, len(new)] for row, new in enumerate(generated)])
     rows = []
     for ids, new in zip(prompts, generated):
-        if isinstance(model, Bart):
-            targets = [2] + list(new)
-            logits = _uncached(model, params, np.asarray([ids], np.int32),
-                               _right_padded(targets))
-            rows.append(logits[0, len(targets) - 1])
-        else:
-            tokens = list(ids) + list(new)
-            rows.append(_uncached(model, params, _right_padded(tokens))[0, len(tokens) - 1])
+        tokens = list(ids) + list(new)
+        rows.append(_uncached(model, params, _right_padded(tokens))[0, len(tokens) - 1])
     return np.stack(rows)
 
 

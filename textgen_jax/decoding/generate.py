@@ -283,15 +283,13 @@ def _sample_loop(generator, params, batch, rng, temperature, top_p, *, plan: _Pl
         return i, history, logits, cache, finished, rng
 
     def body(state):
-        state = choose(state)
-        i, _, _, _, finished, _ = state
-        state = jax.lax.cond((i + 1 < plan.num_new) & ~finished.all(), advance,
-                             lambda s: s, state)
-        return (i + 1,) + state[1:]
+        state = advance(choose(state))
+        return (state[0] + 1,) + state[1:]
 
+    # Every token but the last is followed by a model step; the last needs none.
     state = (jnp.zeros((), jnp.int32), history, logits, cache, jnp.zeros((rows,), bool), rng)
-    state = jax.lax.while_loop(lambda s: (s[0] < plan.num_new) & ~s[4].all(), body, state)
-    return state[1][:, width:]
+    state = jax.lax.while_loop(lambda s: (s[0] < plan.num_new - 1) & ~s[4].all(), body, state)
+    return choose(state)[1][:, width:]
 
 
 def _reorder_cache(cache, rows):
@@ -374,15 +372,15 @@ def _beam_loop(generator, params, batch, *, plan: _Plan):
         return (i, running, *rest, logits, cache, origin, go_on)
 
     def body(state):
-        state = choose(state)
-        state = jax.lax.cond(state[-1] & (state[0] + 1 < plan.num_new), advance, lambda s: s,
-                             state)
+        state = advance(choose(state))
         return (state[0] + 1,) + state[1:]
 
+    # Every step but the last is followed by a model step; the last needs none.
     state = (jnp.zeros((), jnp.int32), running, running_scores, running,
              jnp.full((rows, k), -1e9), jnp.zeros((rows, k), bool), jnp.ones((rows, 1), bool),
              logits, cache, jnp.zeros((rows, k), jnp.int32), jnp.array(True))
-    state = jax.lax.while_loop(lambda s: s[-1] & (s[0] < plan.num_new), body, state)
+    state = jax.lax.while_loop(lambda s: s[-1] & (s[0] < plan.num_new - 1), body, state)
+    state = jax.lax.cond(state[-1], choose, lambda s: s, state)
     return state[3][:, 0, width:]
 
 
