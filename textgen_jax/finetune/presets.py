@@ -46,6 +46,9 @@ def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
                        eval_split=task.eval_split)
     if task.kind in ("classification", "regression", "similarity"):
         config.model.num_labels = task.num_labels
+    elif task.kind == "multiple_choice":
+        config.model.num_labels = 1  # a score per choice, softmax over the choices
+    config.sample.prompts = ()  # a task model is scored on its task, not sampled
     config.optim.update(decay="linear", end_lr_ratio=0.0, weight_decay=0.01)
     if preset == "tiny":
         config.optim.update(lr=1e-4, warmup_steps=30)

@@ -16,9 +16,9 @@ from textgen_jax.models.xlm import Xlm
 
 ARCHITECTURES = {"gpt2": GPT2, "gpt": GPT, "bert": Bert, "xlm": Xlm, "bart": Bart}
 # Leaves of config.model that one architecture takes as extra constructor arguments.
-ARCHITECTURE_OPTIONS = {"bert": ("num_labels",),
-                        "xlm": ("num_languages", "sinusoidal_positions", "causal"),
-                        "bart": ("num_decoder_layers", "scale_embedding")}
+ARCHITECTURE_OPTIONS = {"gpt2": ("num_labels",), "gpt": ("num_labels",), "bert": ("num_labels",),
+                        "xlm": ("num_languages", "sinusoidal_positions", "causal", "num_labels"),
+                        "bart": ("num_decoder_layers", "scale_embedding", "num_labels")}
 
 
 def transformer_config(model_config: ml_collections.ConfigDict,

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from textgen_jax.models.heads import ClassificationHead, gather_positions
 from textgen_jax.models.layers import (MLP, Embed, LayerNorm, MultiHeadAttention,
                                        TransformerBlock, TransformerConfig, add_bias,
                                        attention_mask, cached_attention_mask)
@@ -109,6 +110,9 @@ class Bart(nn.Module):
     cfg: TransformerConfig
     num_decoder_layers: int | None = None
     scale_embedding: bool = False
+    # > 0: a classifier on the decoder's state at each row's final eos
+    # (BartForSequenceClassification).
+    num_labels: int = 0
 
     def setup(self):
         cfg = self.cfg
@@ -119,6 +123,8 @@ class Bart(nn.Module):
         self.final_logits_bias = self.param(
             "final_logits_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
             (cfg.vocab_size,), jnp.float32)
+        if self.num_labels:
+            self.classification_head = ClassificationHead(cfg, self.num_labels)
 
     def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
         """Arguments of a minimal call, for `init` (shapes only matter)."""
@@ -163,14 +169,37 @@ class Bart(nn.Module):
         x = self.decoder(self._embed_tokens(decoder_inputs), self_mask, encoded, cross_mask,
                          deterministic=deterministic,
                          decode_segments=decoder_mask if decode else None)
+        return self._logits(x)
+
+    def _logits(self, x: jax.Array) -> jax.Array:
         logits = add_bias(self.token_embed.attend(x), self.final_logits_bias)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
     def __call__(self, inputs: jax.Array, decoder_inputs: jax.Array,
                  input_ids_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
-                 deterministic: bool = True, decode: bool = False) -> jax.Array:
+                 deterministic: bool = True, decode: bool = False,
+                 extract_positions: jax.Array | None = None
+                 ) -> jax.Array | dict[str, jax.Array]:
         """inputs [batch, source_len], decoder_inputs [batch, target_len] int ->
-        float32 logits [batch, target_len, vocab]; masks as in `encode` and `decode`."""
+        float32 logits [batch, target_len, vocab]; masks as in `encode` and `decode`.
+
+        With num_labels > 0: {'logits', 'classification_logits': float32 [batch, num_labels]
+        of the decoder state at extract_positions [batch] (the final eos; default the last)}.
+        """
         encoded = self.encode(inputs, input_ids_mask, deterministic=deterministic)
-        return self.decode(decoder_inputs, encoded, input_ids_mask, decoder_mask,
-                           deterministic=deterministic, decode=decode)
+        if not self.num_labels:
+            return self.decode(decoder_inputs, encoded, input_ids_mask, decoder_mask,
+                               deterministic=deterministic, decode=decode)
+        if input_ids_mask is None:
+            input_ids_mask = jnp.ones_like(inputs)
+        if decoder_mask is None:
+            decoder_mask = jnp.ones_like(decoder_inputs)
+        x = self.decoder(self._embed_tokens(decoder_inputs),
+                         attention_mask(decoder_mask, decoder_mask, causal=True), encoded,
+                         attention_mask(decoder_mask, input_ids_mask, causal=False),
+                         deterministic=deterministic)
+        if extract_positions is None:
+            extract_positions = jnp.full(decoder_inputs.shape[:1], decoder_inputs.shape[1] - 1)
+        state = gather_positions(x, extract_positions)
+        return {"logits": self._logits(x),
+                "classification_logits": self.classification_head(state, deterministic)}

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from textgen_jax.models.heads import classifier
 from textgen_jax.models.layers import (DenseGeneral, Embed, LayerNorm, TransformerBlock,
                                        TransformerConfig, activation_fn, add_bias, attention_mask)
 
@@ -94,8 +95,6 @@ class Bert(nn.Module):
                    "nsp_logits": nsp_logits.astype(jnp.float32)}
         if self.num_labels:
             pooled = nn.Dropout(cfg.dropout)(pooled, deterministic=deterministic)
-            outputs["classification_logits"] = DenseGeneral(
-                self.num_labels, kernel_axes=("embed", None), dtype=cfg.dtype,
-                kernel_init=nn.initializers.normal(cfg.init_std),
-                name="classifier")(pooled).astype(jnp.float32)
+            outputs["classification_logits"] = classifier(cfg, self.num_labels)(
+                pooled).astype(jnp.float32)
         return outputs

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from textgen_jax.models.heads import classifier, gather_positions
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
                                        attention_mask, cached_attention_mask)
 
@@ -22,6 +23,8 @@ class DecoderLM(nn.Module):
     cfg: TransformerConfig
     pre_norm: bool = True
     scale_residual_init: bool = True
+    # > 0: a sequence classifier on the state of each row's extract token (GPT §3.3).
+    num_labels: int = 0
 
     def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
         """Arguments of a minimal call, for `init` (shapes only matter)."""
@@ -30,12 +33,15 @@ class DecoderLM(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array, segment_ids: jax.Array | None = None,
                  positions: jax.Array | None = None, deterministic: bool = True,
-                 decode: bool = False) -> jax.Array:
+                 decode: bool = False, extract_positions: jax.Array | None = None
+                 ) -> jax.Array | dict[str, jax.Array]:
         """inputs [batch, length] int -> float32 logits [batch, length, vocab].
 
         segment_ids (0 = padding) keep packed documents apart; positions restart per document.
         `decode` appends the inputs to the KV cache ('cache' collection, sized by `init` with
         decode=True) and attends over everything cached; pass the positions then.
+        With num_labels > 0: {'logits': the LM logits, 'classification_logits': float32
+        [batch, num_labels] of the state at extract_positions [batch] (default: the last)}.
         """
         cfg = self.cfg
         if segment_ids is None:
@@ -64,5 +70,13 @@ class DecoderLM(nn.Module):
                                                     decode=decode)
         if self.pre_norm:  # post-LN blocks already end in a LayerNorm
             x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="final_norm")(x)
-        logits = token_embed.attend(x)
-        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        logits = nn.with_logical_constraint(token_embed.attend(x), ("batch", "length", "vocab"))
+        if not self.num_labels:
+            return logits
+        if extract_positions is None:
+            extract_positions = jnp.full(inputs.shape[:1], inputs.shape[1] - 1)
+        state = nn.Dropout(cfg.dropout)(gather_positions(x, extract_positions),
+                                        deterministic=deterministic)
+        return {"logits": logits,
+                "classification_logits": classifier(cfg, self.num_labels)(state).astype(
+                    jnp.float32)}

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from textgen_jax.models.heads import classifier
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
                                        add_bias, attention_mask, cached_attention_mask)
 
@@ -38,6 +39,8 @@ class Xlm(nn.Module):
     num_languages: int = 1
     sinusoidal_positions: bool = False
     causal: bool = False
+    # > 0: a sequence classifier on the first token's state (XLMForSequenceClassification).
+    num_labels: int = 0
 
     @property
     def can_generate(self) -> bool:
@@ -98,5 +101,11 @@ class Xlm(nn.Module):
         bias = self.param("output_bias",
                           nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), jnp.float32)
-        logits = add_bias(token_embed.attend(x), bias)
-        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        logits = nn.with_logical_constraint(add_bias(token_embed.attend(x), bias),
+                                            ("batch", "length", "vocab"))
+        if not self.num_labels:
+            return logits
+        state = nn.Dropout(cfg.dropout)(x[:, 0], deterministic=deterministic)
+        return {"logits": logits,
+                "classification_logits": classifier(cfg, self.num_labels)(state).astype(
+                    jnp.float32)}

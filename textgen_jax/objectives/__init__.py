@@ -8,6 +8,7 @@ A loss function maps (model, params, batch, rng, deterministic) to a dict of sum
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import ml_collections
@@ -18,6 +19,7 @@ from textgen_jax.config import ConfigError
 from textgen_jax.data.tokenizer import lang_symbol
 from textgen_jax.objectives.clm import causal_lm_loss, clm_loss_fn
 from textgen_jax.objectives.denoising import denoising_loss_fn
+from textgen_jax.objectives.finetune import SEQUENCE_KINDS, sequence_task_loss_fn
 from textgen_jax.objectives.mlm import masked_lm_loss, mlm_nsp_loss_fn
 from textgen_jax.objectives.xlm import xlm_clm_loss_fn, xlm_mlm_loss_fn
 
@@ -70,8 +72,35 @@ OBJECTIVES["tlm"] = Objective("tlm", xlm_mlm_loss_fn, multilingual.tlm_dataset,
 DEFAULT_OBJECTIVE["xlm"] = "xlm_mlm"
 
 
+# The special pieces each architecture's fine-tuning rows use (finetune/pipelines.py).
+_FINETUNE_PIECES = {"bert": ("<cls>", "<sep>"), "gpt": ("<sep>",), "gpt2": ("<sep>",)}
+
+
+def finetune_objective(config: ml_collections.ConfigDict) -> Objective:
+    """The objective of the fine-tuning task config.task.name on config.model.arch."""
+    from textgen_jax.finetune.pipelines import finetune_dataset
+    from textgen_jax.finetune.tasks import get_task
+
+    task = get_task(config.task.name)
+    arch = config.model.arch
+    if task.kind not in SEQUENCE_KINDS:
+        raise ConfigError(f"config.task.name={task.name!r} is a {task.kind} task; training "
+                          f"through the loop supports {', '.join(SEQUENCE_KINDS)} so far.")
+    if config.model.num_labels < 1:
+        raise ConfigError(f"config.task.name={task.name!r} needs a classifier: set "
+                          f"config.model.num_labels (the task has {task.num_labels} labels; "
+                          "1 for multiple choice and scores).")
+    loss_fn = functools.partial(sequence_task_loss_fn, arch=arch, kind=task.kind,
+                                regression=task.is_regression, lm_weight=config.task.lm_weight)
+    return Objective(f"finetune:{task.name}", loss_fn, finetune_dataset,
+                     pieces=_FINETUNE_PIECES.get(arch, ()))
+
+
 def objective_for(config: ml_collections.ConfigDict) -> Objective:
-    """config.objective, or the architecture's own objective when it is ''."""
+    """config.objective, or the architecture's own objective when it is ''; the fine-tuning
+    objective when config.task.name names a task."""
+    if config.task.name:
+        return finetune_objective(config)
     name = config.objective or DEFAULT_OBJECTIVE.get(config.model.arch, "")
     if name not in OBJECTIVES:
         raise ConfigError(f"config.objective={name!r} (architecture {config.model.arch!r}) is "
