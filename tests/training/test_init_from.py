@@ -59,3 +59,20 @@ def test_bad_init_from_is_named(pretrained, tmp_path, tiny_run):
     message = run.stderr.strip().splitlines()[-1]
     assert run.returncode == 1 and "'blocks_0'" in message and "block_0" in message, message
     assert not (tmp_path / "bad_freeze" / "checkpoints").exists()
+
+
+def test_a_classification_fine_tune_starts_from_the_pretrained_body(pretrained, tmp_path,
+                                                                     tiny_run):
+    """docstring_kind on the tiny GPT-2: the body comes from `pretrained`, the classifier is
+    new, and training lowers the task loss (GPT's LM term included)."""
+    workdir = tmp_path / "kind"
+    run = tiny_run(workdir, f"--config.init_from={pretrained}", "--config.train.num_steps=12",
+                   "--config.train.eval_every=12", "--config.train.checkpoint_every=12",
+                   "--config.optim.lr=1e-3", config="configs/finetune/docstring_kind.py:gpt2")
+    assert "2 new parameter(s), 0 dropped" in run.stdout
+    assert "newly initialised: classifier/kernel" in run.stdout
+    evals = read_metrics(workdir, "eval")
+    assert evals[12]["loss"] < evals[0]["loss"], evals
+    assert 0.0 <= evals[12]["accuracy"] <= 1.0 and "lm_loss" in evals[12]
+    params = _leaves(textgen_jax.load(str(workdir)).params)
+    assert params["classifier/kernel"].shape == (64, 3)
