@@ -22,9 +22,10 @@ class Loaded(NamedTuple):
     config: ml_collections.ConfigDict
 
 
-def load(workdir: str, step: int | None = None) -> Loaded:
+def load(workdir: str, step: int | None = None, best: bool = False) -> Loaded:
     """Restores the params of a workdir's latest (or given) checkpoint onto this process's
-    devices, whatever topology wrote it, with its model, tokenizer and resolved config."""
+    devices, whatever topology wrote it, with its model, tokenizer and resolved config.
+    `best`: a fine-tuning run's best params by its task's metric (workdir/best)."""
     saved = checkpoint.read_config(workdir)
     if saved is None:
         raise FileNotFoundError(f"{os.path.join(workdir, checkpoint.CONFIG_FILE)} not found: "
@@ -39,7 +40,7 @@ def load(workdir: str, step: int | None = None) -> Loaded:
     shardings = partitioning.logical_shardings(boxed, mesh)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             nn.meta.unbox(boxed), shardings)
-    params, _ = checkpoint.restore_params(workdir, abstract, step)
+    params, _ = checkpoint.restore_params(workdir, abstract, step, best=best)
     return Loaded(model, params, tokenizer, config)
 
 

@@ -19,6 +19,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.objective = ""  # '' = the architecture's own (gpt2: clm)
+    # A workdir (ours or `import-hf`) whose latest params start a fresh run: fine-tuning.
+    # Parameters it lacks (new heads) are initialised; the start reports both lists.
+    c.init_from = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "gpt2"
@@ -38,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Rematerialisation of the transformer blocks: none | full (keep each block's input,
     # recompute the rest in the backward pass) | save_dots (also keep matmul outputs).
     c.model.remat = "none"
+    c.model.num_labels = 0  # > 0 adds a sequence classifier (fine-tuning; models/heads.py)
     c.model.scale_embedding = False  # BART: token embeddings * sqrt(d_model) (off in BART's)
     # XLM only (Lample & Conneau 2019): language embeddings for this many languages (> 1 adds
     # them), fixed sinusoidal positions instead of learned ones, causal (CLM) attention.
@@ -58,10 +62,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.global_batch_size = 16
     c.data.shuffle_buffer_seed = 0
     c.data.worker_count = 0  # grain worker processes (0 = read in the training process)
-    # The global batch is read as this many disjoint shards, each process reading
-    # input_shards / process_count of them (0 = one per process). The data depend on it, not on
-    # the process count: 1 process with input_shards=2 reads what 2 processes read.
-    c.data.input_shards = 0
     # The global batch is read as this many disjoint shards, each process reading
     # input_shards / process_count of them (0 = one per process). The data depend on it, not on
     # the process count: 1 process with input_shards=2 reads what 2 processes read.
@@ -118,6 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 200
     c.train.keep_checkpoints = 3
     c.train.async_checkpointing = True
+    # Parameters not trained: '/'-joined path prefixes, e.g. ('token_embed', 'block_0').
+    c.train.freeze = ()
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompts = ("Return the",)
@@ -130,6 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = ml_collections.ConfigDict()
     c.task.name = ""
     c.task.language = ""
+    c.task.lm_weight = 0.5  # GPT, GPT-2: the auxiliary LM loss's weight (GPT §3.3)
     return c
 
 
@@ -167,9 +170,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "config.tokenizer.languages.")
     if not d.dataset and not d.files:
         raise ConfigError("config.data.dataset is '' and config.data.files is '': name one.")
-    if d.input_shards < 0:
-        raise ConfigError(f"config.data.input_shards={d.input_shards}: use 0 (one per process) "
-                          "or a positive multiple of the process count.")
     if d.input_shards < 0:
         raise ConfigError(f"config.data.input_shards={d.input_shards}: use 0 (one per process) "
                           "or a positive multiple of the process count.")

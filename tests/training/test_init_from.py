@@ -76,3 +76,14 @@ def test_a_classification_fine_tune_starts_from_the_pretrained_body(pretrained, 
     assert 0.0 <= evals[12]["accuracy"] <= 1.0 and "lm_loss" in evals[12]
     params = _leaves(textgen_jax.load(str(workdir)).params)
     assert params["classifier/kernel"].shape == (64, 3)
+    # The task's metric is evaluated, and the params of its best evaluation are kept.
+    assert "eval at step 12:" in run.stdout and "| macro_f1 " in run.stdout
+    kept = [int(p.name) for p in (workdir / "best").iterdir() if p.name.isdigit()]
+    assert len(kept) == 1 and kept[0] in evals
+    best_step = kept[0]
+    assert evals[best_step]["macro_f1"] == max(e["macro_f1"] for e in evals.values())
+    best = _leaves(textgen_jax.load(str(workdir), best=True).params)
+    initial = _leaves(textgen_jax.load(str(pretrained)).params)
+    same_as = initial if best_step == 0 else params
+    np.testing.assert_array_equal(best["block_1/mlp/fc_in/kernel"],
+                                  same_as["block_1/mlp/fc_in/kernel"])

@@ -19,7 +19,8 @@ from textgen_jax.config import ConfigError
 from textgen_jax.data.tokenizer import lang_symbol
 from textgen_jax.objectives.clm import causal_lm_loss, clm_loss_fn
 from textgen_jax.objectives.denoising import denoising_loss_fn
-from textgen_jax.objectives.finetune import SEQUENCE_KINDS, sequence_task_loss_fn
+from textgen_jax.objectives.finetune import (SEQUENCE_KINDS, sequence_task_loss_fn,
+                                             sequence_task_predict_fn)
 from textgen_jax.objectives.mlm import masked_lm_loss, mlm_nsp_loss_fn
 from textgen_jax.objectives.xlm import xlm_clm_loss_fn, xlm_mlm_loss_fn
 
@@ -31,6 +32,10 @@ class Objective:
     dataset: Callable  # (config, tokenizer, split, *, process_index, process_count, shuffle, repeat)
     pieces: tuple[str, ...] = ()  # the special pieces its pipeline writes into the inputs
     multilingual: bool = False  # needs a '<lang:xx>' piece for each config.data.languages
+    # Fine-tuning: (model, params, batch) -> {'predictions', 'labels'} [batch], and the names
+    # of the metrics (finetune/metrics.py) evaluation computes from them.
+    predict_fn: Callable | None = None
+    metrics: tuple[str, ...] = ()
 
     def check_vocabulary(self, config: ml_collections.ConfigDict, tokenizer: data.Tokenizer,
                          where: str) -> None:
@@ -92,8 +97,11 @@ def finetune_objective(config: ml_collections.ConfigDict) -> Objective:
                           "1 for multiple choice and scores).")
     loss_fn = functools.partial(sequence_task_loss_fn, arch=arch, kind=task.kind,
                                 regression=task.is_regression, lm_weight=config.task.lm_weight)
+    predict_fn = functools.partial(sequence_task_predict_fn, arch=arch, kind=task.kind,
+                                   regression=task.is_regression)
     return Objective(f"finetune:{task.name}", loss_fn, finetune_dataset,
-                     pieces=_FINETUNE_PIECES.get(arch, ()))
+                     pieces=_FINETUNE_PIECES.get(arch, ()), predict_fn=predict_fn,
+                     metrics=task.metrics)
 
 
 def objective_for(config: ml_collections.ConfigDict) -> Objective:

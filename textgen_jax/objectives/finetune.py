@@ -86,3 +86,12 @@ def sequence_task_loss_fn(model, params, batch: dict[str, jax.Array], rng, deter
             lm["tokens"], 1.0) * sums["tokens"]
         sums.update(lm_loss=lm["loss"], lm_examples=lm["tokens"])
     return sums
+
+
+def sequence_task_predict_fn(model, params, batch: dict[str, jax.Array], *, arch: str,
+                             kind: str, regression: bool) -> dict[str, jax.Array]:
+    """{'predictions': the class (or score) of each example [B], 'labels': [B]}: what the
+    task's metrics (accuracy, F1, Matthews, Pearson, ...) read."""
+    logits, _ = sequence_logits(arch, kind, model, params, batch)
+    predictions = logits[:, 0] if regression else jnp.argmax(logits, axis=-1)
+    return {"predictions": predictions, "labels": batch["labels"]}

@@ -20,6 +20,7 @@ from textgen_jax import data as data_lib
 from textgen_jax.config import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"  # the params of the best evaluation by a fine-tuning task's metric
 CONFIG_FILE = "config.json"
 # The keys of config.model whose change makes old parameters unusable.
 SHAPE_KEYS = ("arch", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size")
@@ -58,17 +59,54 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
     return restored["params"], restored["opt_state"]
 
 
-def restore_params(workdir: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
-    """Only the params of the latest (or given) checkpoint in `workdir`, on the target shardings."""
-    mngr = manager(workdir)
+def holds_optimizer_state(mngr: ocp.CheckpointManager, step: int) -> bool:
+    """False for a params-only checkpoint (the step 0 of an imported model)."""
+    return (mngr.directory / str(step) / "opt_state").exists()
+
+
+def restore_params_from(mngr: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
+    """The params item alone of checkpoint `step`, on `abstract_params`' shardings."""
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))
+    return restored["params"]
+
+
+def best_manager(workdir: str, metric: str) -> ocp.CheckpointManager:
+    """Keeps one params checkpoint in workdir/best: the one of the highest `metric`."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, best_fn=lambda metrics: metrics[metric], best_mode="max",
+        keep_checkpoints_without_metrics=False, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), BEST_DIR),
+                                 options=options)
+
+
+def save_best(mngr: ocp.CheckpointManager, step: int, params: Any,
+              metrics: dict[str, float]) -> None:
+    """Offers the params evaluated at `step`; Orbax keeps them only while they are the best."""
+    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                            meta=ocp.args.JsonSave({"step": int(step),
+                                                                    **metrics})),
+              metrics=metrics, force=True)
+
+
+def restore_params(workdir: str, abstract_params: Any, step: int | None = None,
+                   best: bool = False) -> tuple[Any, int]:
+    """Only the params of the latest (or given) checkpoint in `workdir`, on the target
+    shardings; with `best`, those kept in workdir/best by a fine-tuning task's metric."""
+    if best:
+        if not os.path.isdir(os.path.join(workdir, BEST_DIR)):
+            raise FileNotFoundError(f"{os.path.join(workdir, BEST_DIR)} not found: only a "
+                                    "fine-tuning run (config.task.name) keeps a best checkpoint.")
+        mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), BEST_DIR))
+    else:
+        mngr = manager(workdir)
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; "
                                 "train first (textgen-jax train --workdir ...).")
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))
+    params = restore_params_from(mngr, step, abstract_params)
     mngr.close()
-    return restored["params"], step
+    return params, step
 
 
 def read_config(workdir: str) -> dict[str, Any] | None:

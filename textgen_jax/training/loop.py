@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -11,11 +12,13 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from textgen_jax import config as config_lib
 from textgen_jax import data as data_lib
 from textgen_jax import decoding, models, objectives
-from textgen_jax.training import checkpoint, metrics as metrics_lib, optimizer, partitioning, steps
+from textgen_jax.training import (checkpoint, init_from, metrics as metrics_lib, optimizer,
+                                  partitioning, steps)
 
 
 class _Preemption:
@@ -59,17 +62,31 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
              mesh) -> dict[str, float]:
     """Loss, perplexity and accuracy over the first config.train.eval_batches batches of the
     validation split (read in order, so every evaluation sees the same tokens)."""
-    dataset = partitioning.process_dataset(objectives.objective_for(config).dataset, config,
-                                           tokenizer, config.data.eval_split, shuffle=False,
-                                           repeat=True)
+    objective = objectives.objective_for(config)
+    dataset = partitioning.process_dataset(objective.dataset, config, tokenizer,
+                                           config.data.eval_split, shuffle=False, repeat=True)
+    predict = None
+    if objective.predict_fn is not None:  # a fine-tuning task: its metrics need predictions
+        model = models.build_model(config.model, config.model.vocab_size)
+        predict = jax.jit(functools.partial(objective.predict_fn, model))
     totals: dict[str, float] = {}
+    outputs: dict[str, list[np.ndarray]] = {"predictions": [], "labels": []}
     iterator = iter(dataset)
     for _ in range(config.train.eval_batches):
-        sums = jax.device_get(eval_step(params, partitioning.global_batch(next(iterator), mesh)))
+        batch = partitioning.global_batch(next(iterator), mesh)
+        sums = jax.device_get(eval_step(params, batch))
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + float(value)
+        if predict is not None:
+            for name, value in predict(params, batch).items():
+                outputs[name].append(np.asarray(
+                    multihost_utils.process_allgather(value, tiled=True)))
     result = steps.means_from_sums(totals)
     result["perplexity"] = math.exp(min(result["loss"], 50.0))
+    if predict is not None:
+        from textgen_jax.finetune.metrics import compute_metrics
+        result.update(compute_metrics(objective.metrics, np.concatenate(outputs["predictions"]),
+                                      np.concatenate(outputs["labels"])))
     return result
 
 
@@ -86,6 +103,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"{jax.process_count()} process(es)")
 
     # ---- tokenizer and input ------------------------------------------------------------
+    if config.init_from:  # fine-tuning reads the ids the model was pretrained on
+        init_from.check_tokenizer(workdir, config.init_from)
     tokenizer = data_lib.load_or_train_tokenizer(workdir, config,
                                                  process_index=jax.process_index(),
                                                  process_count=jax.process_count())
@@ -103,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     loss_fn = objective.loss_fn
     num_steps = config.train.num_steps
     schedule = optimizer.learning_rate_schedule(config.optim, num_steps)
-    tx = optimizer.make_optimizer(config.optim, num_steps)
+    tx = optimizer.make_optimizer(config.optim, num_steps, config.train.freeze)
     _, abstract_state, shardings = steps.state_shardings(model, tx, config.data.seq_len, mesh)
 
     # ---- memory: a report, and an error before compiling what cannot fit ------------------
@@ -122,6 +141,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start_step is None:
         state, _ = steps.create_state(model, tx, config.data.seq_len, mesh, config.seed)
         start_step = 0
+        if config.init_from:
+            state = init_from.start_from_pretrained(state, config, tx, shardings, log)
+    elif not checkpoint.holds_optimizer_state(mngr, start_step):
+        # Params alone (textgen-jax import-hf): a fresh optimizer and data stream from them.
+        params = checkpoint.restore_params_from(mngr, start_step, abstract_state.params)
+        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+        state = steps.TrainState(step=jax.device_put(np.int32(start_step), shardings.step),
+                                 params=params, opt_state=opt_state)
+        log(f"initialised from the imported parameters at step {start_step}")
     else:
         params, opt_state = checkpoint.restore(mngr, start_step, abstract_state, train_iterator)
         state = steps.TrainState(step=jax.device_put(np.int32(start_step), shardings.step),
@@ -154,11 +182,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpoint.save(mngr, step, state, config, train_iterator, force=True)
             last_saved = step
 
+    best_mngr = (checkpoint.best_manager(workdir, objective.metrics[0]) if objective.metrics
+                 else None)
+
     def run_eval(step: int) -> dict[str, float]:
         result = evaluate(eval_step, state.params, config, tokenizer, mesh)
+        task = "".join(f" | {name} {result[name]:.3f}" for name in objective.metrics)
         log(f"eval at step {step}: loss {result['loss']:.4f} | perplexity "
-            f"{result['perplexity']:.2f} | accuracy {result['accuracy']:.3f}")
+            f"{result['perplexity']:.2f} | accuracy {result['accuracy']:.3f}{task}")
         writer.write(step, result, "eval")
+        if best_mngr is not None:  # a fine-tuning task: keep the best params by its metric
+            checkpoint.save_best(best_mngr, step, state.params,
+                                 {name: float(result[name]) for name in objective.metrics})
         return result
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -200,6 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         preemption.restore()
         mngr.close()
+        if best_mngr is not None:
+            best_mngr.close()
         writer.close()
 
     # Encoders (BERT) set can_generate = False: they have no next-token head to sample from.
