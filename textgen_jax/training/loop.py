@@ -187,7 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def run_eval(step: int) -> dict[str, float]:
         result = evaluate(eval_step, state.params, config, tokenizer, mesh)
-        task = "".join(f" | {name} {result[name]:.3f}" for name in objective.metrics)
+        task = "".join(f" | {name} {result[name]:.3f}" for name in objective.metrics
+                       if name != "accuracy")
         log(f"eval at step {step}: loss {result['loss']:.4f} | perplexity "
             f"{result['perplexity']:.2f} | accuracy {result['accuracy']:.3f}{task}")
         writer.write(step, result, "eval")
