@@ -2,20 +2,19 @@
 compiled once per shape, every option doing what it says, clear errors on bad input.
 
 The models are tiny transformers models with random weights (large enough for sharp, input-
-dependent attention), imported through the parity tests' weight mappings.
+dependent attention), imported through textgen_jax.convert.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from textgen_jax.convert import from_transformers
 from textgen_jax.decoding.generate import GenerationOptions, generate_ids, generator_for
 from textgen_jax.models.bart import Bart
 from textgen_jax.models.gpt import GPT
@@ -29,15 +28,6 @@ transformers = pytest.importorskip("transformers")
 VOCAB, MAX_LEN, PAD = 97, 40, 0
 # Prompts of different lengths: one batch is left-padded to the longest.
 PROMPTS = [[5, 17, 33, 8, 61, 22, 9], [44, 12], [70, 3, 3, 91, 26]]
-
-
-def _hf_params_function(arch: str):
-    """The `_hf_params` mapping of tests/models/test_{arch}.py."""
-    path = Path(__file__).resolve().parents[1] / "models" / f"test_{arch}.py"
-    spec = importlib.util.spec_from_file_location(f"_parity_{arch}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module._hf_params
 
 
 def _randomise(hf_model) -> None:
@@ -72,13 +62,13 @@ def _build(arch: str):
             vocab_size=VOCAB, n_positions=MAX_LEN, n_embd=32, n_layer=2, n_head=4,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common))
         _randomise(hf)
-        return hf.eval(), GPT2(_cfg()), _hf_params_function("gpt2")(hf, 2, 4)
+        return hf.eval(), GPT2(_cfg()), from_transformers(hf).params
     if arch == "gpt":
         hf = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
             vocab_size=VOCAB, n_positions=MAX_LEN, n_embd=32, n_layer=2, n_head=4, afn="gelu",
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common))
         _randomise(hf)
-        return hf.eval(), GPT(_cfg()), _hf_params_function("gpt")(hf, 2, 4)
+        return hf.eval(), GPT(_cfg()), from_transformers(hf).params
     if arch == "xlm":
         hf = transformers.XLMWithLMHeadModel(transformers.XLMConfig(
             vocab_size=VOCAB, emb_dim=32, n_layers=2, n_heads=4, max_position_embeddings=MAX_LEN,
@@ -86,7 +76,7 @@ def _build(arch: str):
             layer_norm_eps=1e-12, asm=False, **common))
         _randomise(hf)
         model = Xlm(_cfg(layer_norm_eps=1e-12, activation="gelu"), causal=True)
-        return hf.eval(), model, _hf_params_function("xlm")(hf, 2, 4, False, 1)
+        return hf.eval(), model, from_transformers(hf).params
     hf = transformers.BartForConditionalGeneration(transformers.BartConfig(
         vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
@@ -97,7 +87,7 @@ def _build(arch: str):
     with torch.no_grad():
         hf.final_logits_bias.copy_(0.5 * torch.randn_like(hf.final_logits_bias))
     model = Bart(_cfg(d_ff=64, activation="gelu"))
-    return hf.eval(), model, _hf_params_function("bart")(hf, 4)
+    return hf.eval(), model, from_transformers(hf).params
 
 
 @pytest.fixture(scope="module", params=["gpt2", "gpt", "xlm", "bart"])

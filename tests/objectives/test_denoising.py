@@ -160,4 +160,9 @@ def test_cli_pretraining_lowers_the_eval_loss(tmp_path, tiny_run):
     assert sorted(evals) == [0, 30]
     assert evals[30]["loss"] < evals[0]["loss"] - 0.3, (evals[0]["loss"], evals[30]["loss"])
     assert 0 < evals[30]["accuracy"] <= 1 and evals[30]["accuracy"] > evals[0]["accuracy"]
-    assert "sample |" not in result.stderr + result.stdout  # no encoder-decoder sampling yet
+    assert "sample |" not in result.stderr + result.stdout  # configs/bart.py: sample.prompts = ()
+    # The trained workdir generates through the CLI: greedy, and beam search.
+    for flags in (("--temperature=0",), ("--num_beams=3", "--early_stopping=true")):
+        generated = tiny_run(workdir, "--prompt=Return the value.", "--max_new_tokens=8",
+                             *flags, command="generate")
+        assert generated.stdout.strip(), flags
