@@ -72,7 +72,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
             config.tokenizer.languages = ("en", "fr")
             config.model.num_languages = 2
         else:
-            config.data.languages = ("en",)
+            config.data.languages = config.tokenizer.languages = ("en",)
             config.data.language_features = ("text",)
         config.tokenizer.vocab_size = 32_000
         config.data.seq_len = 256  # §3.2: streams of 256 tokens
