@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "generate", "fill-mask")
+COMMANDS = ("train", "eval", "generate", "fill-mask", "import-hf", "export-hf")
 
 config_flags.DEFINE_config_file(
     "config", None, "Config file and preset, e.g. configs/gpt2.py:tiny.", lock_config=True)
@@ -35,6 +35,12 @@ flags.DEFINE_float("length_penalty", 1.0, "Beam scores are divided by length ** 
 flags.DEFINE_enum("early_stopping", "false", ["true", "false", "never"],
                   "Beam search stopping rule, as in transformers (generate).")
 flags.DEFINE_string("language", "", "An XLM model's language (generate, fill-mask).")
+flags.DEFINE_bool("allow_pickle", False, "import-hf: read a pickled pytorch_model.bin (it can "
+                  "run code when read; needs torch). model.safetensors needs neither.")
+flags.DEFINE_string("tokenizer", "", "import-hf: a tokenizer.json or sentencepiece .model, when "
+                    "SRC_DIR has no tokenizer.json.")
+flags.DEFINE_string("out", None, "export-hf: the directory to write (config.json, "
+                    "model.safetensors, tokenizer.json).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Join a multi-process run: auto = when a coordinator or several processes are "
                   "named, or a SLURM job / TPU pod of several hosts is detected; on = always "
@@ -59,6 +65,8 @@ def _usage_error(message: str) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+    # The spelling of `transformers` and of the docs; absl flags are spelled with underscores.
+    argv = [{"--allow-pickle": "--allow_pickle"}.get(arg, arg) for arg in argv]
     try:
         return FLAGS(argv)
     except (AttributeError, KeyError) as error:
@@ -75,9 +83,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _main(argv: list[str]) -> None:
     from textgen_jax.config import ConfigError
 
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        _usage_error(f"expected one command from {COMMANDS}, got {argv[1:]}")
-    command = argv[1]
+    command = argv[1] if len(argv) > 1 else ""
+    arguments = 3 if command == "import-hf" else 2  # import-hf SRC_DIR
+    if len(argv) != arguments or command not in COMMANDS:
+        _usage_error(f"expected one command from {COMMANDS} (import-hf takes SRC_DIR), got "
+                     f"{argv[1:]}")
     if not FLAGS.workdir:
         _usage_error("--workdir is required")
     try:
@@ -96,6 +106,17 @@ def _main(argv: list[str]) -> None:
             _generate(FLAGS.workdir)
         elif command == "fill-mask":
             _fill_mask(FLAGS.workdir)
+        elif command == "import-hf":
+            from textgen_jax.convert.workdir import import_to_workdir
+            import_to_workdir(argv[2], FLAGS.workdir, allow_pickle=FLAGS.allow_pickle,
+                              tokenizer=FLAGS.tokenizer)
+            print(f"wrote {FLAGS.workdir}: train, eval, generate and fine-tune it as any workdir")
+        elif command == "export-hf":
+            from textgen_jax.convert.workdir import export_workdir
+            if not FLAGS.out:
+                _usage_error("export-hf needs --out DIR")
+            export_workdir(FLAGS.workdir, FLAGS.out)
+            print(f"wrote {FLAGS.out}: load it with transformers' from_pretrained")
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"textgen-jax {command}: error: {error}", file=sys.stderr)
         sys.exit(1)
