@@ -30,7 +30,7 @@ from textgen_jax.data.tokenizer import Tokenizer
 from textgen_jax.training import loop, metrics as metrics_lib, optimizer, partitioning, steps
 
 data_dir, tokenizer_file, num_steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-REMAT_ARCHITECTURES = ("gpt2", "bert")
+REMAT_ARCHITECTURES = ("gpt2", "bert", "bart")  # BART: encoder and decoder blocks
 overrides, strategies = json.loads(sys.argv[4]), json.loads(sys.argv[5])
 tokenizer = Tokenizer.load(tokenizer_file)
 

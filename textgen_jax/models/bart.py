@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from textgen_jax.models.heads import ClassificationHead, gather_positions
-from textgen_jax.models.layers import (MLP, Embed, LayerNorm, MultiHeadAttention,
+from textgen_jax.models.layers import (MLP, REMAT_POLICIES, Embed, LayerNorm, MultiHeadAttention,
                                        TransformerBlock, TransformerConfig, add_bias,
                                        attention_mask, cached_attention_mask)
 
@@ -33,7 +33,6 @@ class DecoderBlock(nn.Module):
 
     cfg: TransformerConfig
 
-    @nn.compact
     def __call__(self, x: jax.Array, encoded: jax.Array | None, self_mask: jax.Array,
                  cross_mask: jax.Array, deterministic: bool = True,
                  decode: bool = False) -> jax.Array:
@@ -41,6 +40,16 @@ class DecoderBlock(nn.Module):
         self_mask [batch, 1, target_len, target_len], cross_mask [batch, 1, target_len,
         source_len] -> [batch, target_len, embed]. `decode` runs both attentions on their KV
         caches (self_mask then spans the cache); encoded=None reuses the cached source."""
+        if self.cfg.remat == "none" or decode:
+            return self.layer(x, encoded, self_mask, cross_mask, deterministic, decode)
+        # As TransformerBlock: same parameters, the backward pass recomputes.
+        return nn.remat(DecoderBlock.layer, policy=REMAT_POLICIES[self.cfg.remat],
+                        static_argnums=(5, 6))(self, x, encoded, self_mask, cross_mask,
+                                               deterministic, decode)
+
+    @nn.compact
+    def layer(self, x: jax.Array, encoded: jax.Array | None, self_mask: jax.Array,
+              cross_mask: jax.Array, deterministic: bool, decode: bool) -> jax.Array:
         cfg = self.cfg
         dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=deterministic)
         norm = functools.partial(LayerNorm, eps=cfg.layer_norm_eps, dtype=cfg.dtype)
