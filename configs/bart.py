@@ -43,7 +43,8 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     config.optim.decay = "linear"
     config.optim.end_lr_ratio = 0.0
     config.optim.weight_decay = 0.01
-    config.sample.prompts = ()  # encoder-decoder sampling is not supported yet
+    # A denoiser reconstructs its input: try textgen-jax generate --prompt "Return the <mask>."
+    config.sample.prompts = ()
     if preset == "tiny":
         cpu_tiny(config)
         config.model.num_layers = 3
