@@ -30,6 +30,25 @@ def stdlib_tokenizer(stdlib_data_dir: str, tmp_path_factory: pytest.TempPathFact
     return load_or_train_tokenizer(tmp_path_factory.mktemp("workdir"), config)
 
 
+@pytest.fixture(scope="session")
+def finetune_data_dir(stdlib_data_dir: str) -> str:
+    """The session data dir, with stdlib_docstrings/kinds (fine-tuning) prepared too."""
+    prepared_stdlib_docstrings("kinds", stdlib_data_dir)
+    return stdlib_data_dir
+
+
+@pytest.fixture
+def task_config(finetune_data_dir: str):
+    """task_config(task, arch, seq_len=32, batch=4) -> a config for that fine-tuning task."""
+    def make(task: str, arch: str, seq_len: int = 32, batch: int = 4):
+        config = base_config()
+        config.task.name = task
+        config.model.arch = arch
+        config.data.update(data_dir=finetune_data_dir, seq_len=seq_len, global_batch_size=batch)
+        return config
+    return make
+
+
 # ---- running the real CLI in fresh processes -------------------------------------------------
 
 import json  # noqa: E402
