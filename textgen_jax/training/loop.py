@@ -58,17 +58,24 @@ def resolve_vocab_size(config: ml_collections.ConfigDict, tokenizer_size: int) -
             f"{tokenizer_size} pieces; set it to 0 (= the tokenizer's size) or larger.")
 
 
+def make_predict_step(config: ml_collections.ConfigDict, objective):
+    """The jitted (params, batch) -> {'predictions', 'labels'} of a fine-tuning objective, whose
+    metrics need predictions; None for the others."""
+    if objective.predict_fn is None:
+        return None
+    model = models.build_model(config.model, config.model.vocab_size)
+    return jax.jit(functools.partial(objective.predict_fn, model))
+
+
 def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
-             mesh) -> dict[str, float]:
+             mesh, predict=None) -> dict[str, float]:
     """Loss, perplexity and accuracy over the first config.train.eval_batches batches of the
-    validation split (read in order, so every evaluation sees the same tokens)."""
+    validation split (read in order, so every evaluation sees the same tokens), and a
+    fine-tuning task's metrics (`predict` from make_predict_step, built here when None)."""
     objective = objectives.objective_for(config)
     dataset = partitioning.process_dataset(objective.dataset, config, tokenizer,
                                            config.data.eval_split, shuffle=False, repeat=True)
-    predict = None
-    if objective.predict_fn is not None:  # a fine-tuning task: its metrics need predictions
-        model = models.build_model(config.model, config.model.vocab_size)
-        predict = jax.jit(functools.partial(objective.predict_fn, model))
+    predict = predict or make_predict_step(config, objective)
     totals: dict[str, float] = {}
     outputs: dict[str, list[np.ndarray]] = {"predictions": [], "labels": []}
     iterator = iter(dataset)
@@ -185,8 +192,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     best_mngr = (checkpoint.best_manager(workdir, objective.metrics[0]) if objective.metrics
                  else None)
 
+    predict_step = make_predict_step(config, objective)  # compiled once, not per evaluation
+
     def run_eval(step: int) -> dict[str, float]:
-        result = evaluate(eval_step, state.params, config, tokenizer, mesh)
+        result = evaluate(eval_step, state.params, config, tokenizer, mesh, predict_step)
         task = "".join(f" | {name} {result[name]:.3f}" for name in objective.metrics
                        if name != "accuracy")
         log(f"eval at step {step}: loss {result['loss']:.4f} | perplexity "
