@@ -8,7 +8,6 @@ transformers' `from_pretrained` does.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -19,7 +18,7 @@ from flax import traverse_util
 
 from textgen_jax import models
 from textgen_jax.config import ConfigError, from_dict
-from textgen_jax.training import checkpoint
+from textgen_jax.training import checkpoint, steps
 
 
 def pretrained_params(init_from: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
@@ -90,8 +89,8 @@ def check_tokenizer(workdir: str, init_from: str) -> None:
 
 def start_from_pretrained(state: Any, config: ml_collections.ConfigDict, tx: Any,
                           shardings: Any, log) -> Any:
-    """`state` (freshly initialised, sharded) with config.init_from's params and a fresh
-    optimizer state for them; logs what was newly initialised and what was dropped."""
+    """A step-0 state with `state`'s fresh params (sharded) replaced where config.init_from
+    has them, and an optimizer state for them; logs what was newly initialised and dropped."""
     from jax.experimental import multihost_utils
 
     initialised = multihost_utils.process_allgather(state.params, tiled=True)
@@ -106,5 +105,4 @@ def start_from_pretrained(state: Any, config: ml_collections.ConfigDict, tx: Any
         lambda value, sharding: jax.make_array_from_callback(value.shape, sharding,
                                                              lambda index: value[index]),
         params, shardings.params)
-    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    return dataclasses.replace(state, params=params, opt_state=opt_state)
+    return steps.state_with_fresh_optimizer(0, params, tx, shardings)

@@ -153,9 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     elif not checkpoint.holds_optimizer_state(mngr, start_step):
         # Params alone (textgen-jax import-hf): a fresh optimizer and data stream from them.
         params = checkpoint.restore_params_from(mngr, start_step, abstract_state.params)
-        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-        state = steps.TrainState(step=jax.device_put(np.int32(start_step), shardings.step),
-                                 params=params, opt_state=opt_state)
+        state = steps.state_with_fresh_optimizer(start_step, params, tx, shardings)
         log(f"initialised from the imported parameters at step {start_step}")
     else:
         params, opt_state = checkpoint.restore(mngr, start_step, abstract_state, train_iterator)

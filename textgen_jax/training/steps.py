@@ -9,6 +9,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -57,6 +58,15 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: in
     with activate(mesh):
         state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
     return nn.meta.unbox(state), shardings
+
+
+def state_with_fresh_optimizer(step: int, params: Any, tx: optax.GradientTransformation,
+                               shardings: Any) -> TrainState:
+    """A TrainState at `step` holding `params` (already sharded) and a new optimizer state for
+    them: the start from imported or pretrained parameters."""
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    return TrainState(step=jax.device_put(np.int32(step), shardings.step), params=params,
+                      opt_state=opt_state)
 
 
 def _split_micro_batches(batch: dict[str, jax.Array], accum_steps: int) -> dict[str, jax.Array]:
