@@ -32,10 +32,25 @@ class Objective:
     dataset: Callable  # (config, tokenizer, split, *, process_index, process_count, shuffle, repeat)
     pieces: tuple[str, ...] = ()  # the special pieces its pipeline writes into the inputs
     multilingual: bool = False  # needs a '<lang:xx>' piece for each config.data.languages
-    # Fine-tuning: (model, params, batch) -> {'predictions', 'labels'} [batch], and the names
-    # of the metrics (finetune/metrics.py) evaluation computes from them.
+    # Fine-tuning: (model, params, batch) -> {'predictions', 'labels', ...} arrays with a
+    # leading batch axis, and the names of the metrics (finetune/metrics.py) evaluation
+    # computes from them. The loop jits predict_fn unless jit_predict is False (a predict_fn
+    # that runs its own compiled decoding, as seq2seq's beam search).
     predict_fn: Callable | None = None
     metrics: tuple[str, ...] = ()
+    jit_predict: bool = True
+    # (config, tokenizer, split, outputs) -> {metric: value}: scores the concatenated outputs
+    # of predict_fn over the evaluation batches. None: compute_metrics(metrics,
+    # outputs['predictions'], outputs['labels']). Tasks scored on text (QA spans, decoded
+    # summaries) read their contexts and references through outputs['example_index'].
+    score_fn: Callable | None = None
+
+    def score(self, config: ml_collections.ConfigDict, tokenizer: data.Tokenizer, split: str,
+              outputs: dict) -> dict[str, float]:
+        if self.score_fn is not None:
+            return self.score_fn(config, tokenizer, split, outputs)
+        from textgen_jax.finetune.metrics import compute_metrics
+        return compute_metrics(self.metrics, outputs["predictions"], outputs["labels"])
 
     def check_vocabulary(self, config: ml_collections.ConfigDict, tokenizer: data.Tokenizer,
                          where: str) -> None:

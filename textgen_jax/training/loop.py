@@ -59,12 +59,14 @@ def resolve_vocab_size(config: ml_collections.ConfigDict, tokenizer_size: int) -
 
 
 def make_predict_step(config: ml_collections.ConfigDict, objective):
-    """The jitted (params, batch) -> {'predictions', 'labels'} of a fine-tuning objective, whose
-    metrics need predictions; None for the others."""
+    """The (params, batch) -> {'predictions', 'labels', ...} of a fine-tuning objective, whose
+    metrics need predictions, jitted unless the objective compiles its own; None for the
+    others."""
     if objective.predict_fn is None:
         return None
     model = models.build_model(config.model, config.model.vocab_size)
-    return jax.jit(functools.partial(objective.predict_fn, model))
+    predict = functools.partial(objective.predict_fn, model)
+    return jax.jit(predict) if objective.jit_predict else predict
 
 
 def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
@@ -77,7 +79,7 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
                                            config.data.eval_split, shuffle=False, repeat=True)
     predict = predict or make_predict_step(config, objective)
     totals: dict[str, float] = {}
-    outputs: dict[str, list[np.ndarray]] = {"predictions": [], "labels": []}
+    outputs: dict[str, list[np.ndarray]] = {}
     iterator = iter(dataset)
     for _ in range(config.train.eval_batches):
         batch = partitioning.global_batch(next(iterator), mesh)
@@ -86,14 +88,14 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
             totals[name] = totals.get(name, 0.0) + float(value)
         if predict is not None:
             for name, value in predict(params, batch).items():
-                outputs[name].append(np.asarray(
+                outputs.setdefault(name, []).append(np.asarray(
                     multihost_utils.process_allgather(value, tiled=True)))
     result = steps.means_from_sums(totals)
     result["perplexity"] = math.exp(min(result["loss"], 50.0))
     if predict is not None:
-        from textgen_jax.finetune.metrics import compute_metrics
-        result.update(compute_metrics(objective.metrics, np.concatenate(outputs["predictions"]),
-                                      np.concatenate(outputs["labels"])))
+        result.update(objective.score(config, tokenizer, config.data.eval_split,
+                                      {name: np.concatenate(values)
+                                       for name, values in outputs.items()}))
     return result
 
 
