@@ -74,3 +74,15 @@ def test_tlm_without_parallel_data(tmp_path, tiny_run):
                    config="configs/xlm.py:tiny", check=False)
     _fails_clearly(run, workdir, "needs parallel data", "['docstring', 'code']",
                    "'stdlib_docstrings/documents'", "config.data.parallel_dataset")
+
+
+def test_task_labels_that_do_not_fit_the_head(tmp_path, tiny_run):
+    # docstring_kind has 3 classes; docstring_choice scores each of its 4 choices with 1 logit.
+    for task, num_labels, expected in (("docstring_kind", 2, ("3 classes", "num_labels=3")),
+                                       ("docstring_choice", 4, ("one of 4 choices",
+                                                                "num_labels=1"))):
+        workdir = tmp_path / task
+        run = tiny_run(workdir, f"--config.task.name={task}",
+                       f"--config.model.num_labels={num_labels}",
+                       config="configs/finetune/docstring_kind.py:bert", check=False)
+        _fails_clearly(run, workdir, f"config.model.num_labels={num_labels}", *expected)

@@ -19,7 +19,7 @@ from textgen_jax.config import ConfigError
 from textgen_jax.data.tokenizer import lang_symbol
 from textgen_jax.objectives.clm import causal_lm_loss, clm_loss_fn
 from textgen_jax.objectives.denoising import denoising_loss_fn
-from textgen_jax.objectives.finetune import (SEQUENCE_KINDS, sequence_task_loss_fn,
+from textgen_jax.objectives.finetune import (sequence_task_loss_fn,
                                              sequence_task_predict_fn)
 from textgen_jax.objectives.mlm import masked_lm_loss, mlm_nsp_loss_fn
 from textgen_jax.objectives.xlm import xlm_clm_loss_fn, xlm_mlm_loss_fn
@@ -96,6 +96,24 @@ DEFAULT_OBJECTIVE["xlm"] = "xlm_mlm"
 _FINETUNE_PIECES = {"bert": ("<cls>", "<sep>"), "gpt": ("<sep>",), "gpt2": ("<sep>",)}
 
 
+def check_head(config: ml_collections.ConfigDict, task) -> None:
+    """Raises unless config.model.num_labels is the head size the task's labels need: its
+    classes (tags), 1 for a score or for multiple choice (a score per choice). QA and seq2seq
+    have heads of their own and read no num_labels."""
+    if task.kind in ("extractive_qa", "seq2seq"):
+        return
+    if task.kind == "multiple_choice":
+        needed, labels = 1, f"the index of one of {task.num_labels} choices (a score each)"
+    elif task.is_regression:
+        needed, labels = 1, "one float score"
+    else:
+        needed, labels = task.num_labels, f"{task.num_labels} classes"
+    if config.model.num_labels != needed:
+        raise ConfigError(f"config.task.name={task.name!r} has labels for {labels}, which do "
+                          f"not fit config.model.num_labels={config.model.num_labels}: set "
+                          f"--config.model.num_labels={needed}.")
+
+
 def finetune_objective(config: ml_collections.ConfigDict) -> Objective:
     """The objective of the fine-tuning task config.task.name on config.model.arch."""
     from textgen_jax.finetune.pipelines import finetune_dataset
@@ -103,13 +121,13 @@ def finetune_objective(config: ml_collections.ConfigDict) -> Objective:
 
     task = get_task(config.task.name)
     arch = config.model.arch
-    if task.kind not in SEQUENCE_KINDS:
-        raise ConfigError(f"config.task.name={task.name!r} is a {task.kind} task; training "
-                          f"through the loop supports {', '.join(SEQUENCE_KINDS)} so far.")
-    if config.model.num_labels < 1:
-        raise ConfigError(f"config.task.name={task.name!r} needs a classifier: set "
-                          f"config.model.num_labels (the task has {task.num_labels} labels; "
-                          "1 for multiple choice and scores).")
+    check_head(config, task)
+    if task.kind in ("token_classification", "extractive_qa"):
+        from textgen_jax.objectives.finetune_tokens import token_task_objective
+        return token_task_objective(config, task)
+    if task.kind == "seq2seq":
+        from textgen_jax.objectives.finetune_seq2seq import seq2seq_objective
+        return seq2seq_objective(config, task)
     loss_fn = functools.partial(sequence_task_loss_fn, arch=arch, kind=task.kind,
                                 regression=task.is_regression, lm_weight=config.task.lm_weight)
     predict_fn = functools.partial(sequence_task_predict_fn, arch=arch, kind=task.kind,
