@@ -133,6 +133,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.name = ""
     c.task.language = ""
     c.task.lm_weight = 0.5  # GPT, GPT-2: the auxiliary LM loss's weight (GPT §3.3)
+    # seq2seq tasks: the loss's label smoothing, and the beam search that evaluation decodes
+    # with (new tokens per example at most and at least, n-grams never repeated, 0 = off).
+    c.task.label_smoothing = 0.0
+    c.task.num_beams = 4
+    c.task.max_target_length = 64
+    c.task.min_target_length = 0
+    c.task.length_penalty = 1.0
+    c.task.no_repeat_ngram_size = 0
     return c
 
 

@@ -31,7 +31,8 @@ def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
     The data are the task's (dataset, train and eval splits); the optimisation is the papers'
     fine-tuning recipe (BERT §4.1/§A.3, GPT §4.1: a small learning rate, linear decay to 0
     after a short warmup, a few epochs), scaled down to a few hundred steps for `tiny`. The
-    sequence classifier (config.model.num_labels) gets the task's number of labels.
+    sequence classifier (config.model.num_labels) gets the task's number of labels; a seq2seq
+    task trains with label smoothing 0.1 and is evaluated by beam search (config.task).
     """
     arch, _, preset = arch_preset.partition("-")
     preset = preset or "tiny"
@@ -48,6 +49,8 @@ def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
         config.model.num_labels = task.num_labels
     elif task.kind == "multiple_choice":
         config.model.num_labels = 1  # a score per choice, softmax over the choices
+    elif task.kind == "seq2seq":
+        config.task.label_smoothing = 0.1  # fairseq's BART summarization and translation recipes
     config.sample.prompts = ()  # a task model is scored on its task, not sampled
     config.optim.update(decay="linear", end_lr_ratio=0.0, weight_decay=0.01)
     if preset == "tiny":
