@@ -144,3 +144,19 @@ def assert_iterator_resumes(make_iterator, skip: int = 3, compare: int = 2) -> l
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     return expected
+
+
+def count_compiles(run) -> int:
+    """How many XLA compilations `run()` triggers."""
+    import jax
+    events = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        run()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return len(events)

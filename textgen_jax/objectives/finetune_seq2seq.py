@@ -94,9 +94,14 @@ def seq2seq_predict_fn(model, params, batch: dict[str, jax.Array], *, arch: str,
     """
     rows = {key: _process_rows(batch[key]) for key in
             ("inputs", "input_mask", "decoder_inputs", "attention_ids", "prompt_lengths",
-             "example_index") if key in batch}
+             "langs", "decoder_langs", "example_index") if key in batch}
     prompts, eos_id = _prompts_and_eos(arch, rows)
-    generated = generate_ids(model, params, prompts, options, eos_id=eos_id, pad_id=eos_id)
+    languages = {}
+    if arch == "xlm":  # a task's rows share the source's and the target's language
+        languages = {"language_id": int(rows["langs"][0, 0]),
+                     "target_language_id": int(rows["decoder_langs"][0, 0])}
+    generated = generate_ids(model, params, prompts, options, eos_id=eos_id, pad_id=eos_id,
+                             **languages)
     predictions = np.full((len(prompts), options.max_new_tokens), NO_TOKEN, np.int32)
     for row, ids in enumerate(generated):
         predictions[row, :len(ids)] = ids
