@@ -41,13 +41,22 @@ def base_config() -> ml_collections.ConfigDict:
     # Rematerialisation of the transformer blocks: none | full (keep each block's input,
     # recompute the rest in the backward pass) | save_dots (also keep matmul outputs).
     c.model.remat = "none"
+    # One nn.scan over the blocks, parameters stacked on a leading 'layers' axis: compile time
+    # independent of depth (as MaxText). Decoding and the Hugging Face tables unstack them.
+    c.model.scan_layers = False
     c.model.num_labels = 0  # > 0 adds a sequence classifier (fine-tuning; models/heads.py)
+    # BERT, XLM: a per-token head instead of the sequence classifier (models/heads.py
+    # TOKEN_HEADS): 'token_classification' (num_labels tags) | 'question_answering' | ''.
+    c.model.head = ""
     c.model.scale_embedding = False  # BART: token embeddings * sqrt(d_model) (off in BART's)
     # XLM only (Lample & Conneau 2019): language embeddings for this many languages (> 1 adds
     # them), fixed sinusoidal positions instead of learned ones, causal (CLM) attention.
     c.model.num_languages = 1
     c.model.sinusoidal_positions = False
     c.model.causal = False
+    # XLM §5: the translation model, an encoder-decoder whose two stacks are XLMs (both
+    # initialised from a pretrained XLM by init_from); set by the seq2seq fine-tuning presets.
+    c.model.encoder_decoder = False
 
     c.data = ml_collections.ConfigDict()
     # A TFDS name ('stdlib_docstrings/documents' is the embedded corpus, 'lm1b', 'c4/en', ...)
@@ -133,6 +142,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.name = ""
     c.task.language = ""
     c.task.lm_weight = 0.5  # GPT, GPT-2: the auxiliary LM loss's weight (GPT §3.3)
+    # extractive_qa: answer spans decoded from the n_best best starts and ends, at most
+    # max_answer_length tokens long (BERT's SQuAD decoding).
+    c.task.max_answer_length = 30
+    c.task.n_best = 20
     # seq2seq tasks: the loss's label smoothing, and the beam search that evaluation decodes
     # with (new tokens per example at most and at least, n-grams never repeated, 0 = off).
     c.task.label_smoothing = 0.0

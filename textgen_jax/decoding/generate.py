@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from textgen_jax.models.bart import Bart
+from textgen_jax.models.layers import unscanned
 from textgen_jax.models.xlm import Xlm
+from textgen_jax.models.xlm_seq2seq import XlmEncoderDecoder
 
 NEG_INF = -jnp.inf
 # Prompt widths round up to a multiple of this, so prompts of nearby lengths share one compile
@@ -145,11 +147,21 @@ class _CausalLM:
 
 @dataclasses.dataclass(frozen=True)
 class _EncoderDecoder:
-    """BART. Batch: 'source' [batch, source_len] right-padded, 'source_mask' [batch,
-    source_len]; the decoder starts from `decoder_start_id` and the encoder runs once."""
+    """BART and XLM's translation model. Batch: 'source' [batch, source_len] right-padded,
+    'source_mask' [batch, source_len] (and for XLM 'language', 'target_language' [batch]: the
+    source's and the output's language ids); the decoder starts from `decoder_start_id` and
+    the encoder runs once."""
 
-    model: Bart
+    model: Bart | XlmEncoderDecoder
     decoder_start_id: int
+
+    @staticmethod
+    def _languages(batch, tokens, key: str, argument: str) -> dict[str, jax.Array]:
+        """XLM's keyword argument `argument`: batch[key]'s language of each row of tokens
+        [batch, length], per token; none for BART."""
+        if key not in batch:
+            return {}
+        return {argument: jnp.broadcast_to(batch[key][:, None], tokens.shape)}
 
     def history(self, batch):
         rows = batch["source"].shape[0]
@@ -159,20 +171,22 @@ class _EncoderDecoder:
     def start(self, params, batch, cache_len):
         source, mask = batch["source"], batch["source_mask"]
         rows = source.shape[0]
-        encoded = self.model.apply({"params": params}, source, mask, method=Bart.encode)
+        encoded = self.model.apply({"params": params}, source, mask, method="encode",
+                                   **self._languages(batch, source, "language", "langs"))
         cache = _empty_cache(lambda: self.model.init(
             jax.random.key(0), source, jnp.ones((rows, cache_len), jnp.int32), mask,
             decode=True))
-        return self._decode(params, cache, self.history(batch)[0], encoded, mask)
+        return self._decode(params, cache, batch, self.history(batch)[0], encoded)
 
     def step(self, params, cache, batch, tokens, i):
         del i  # the cache knows the next position
-        return self._decode(params, cache, tokens[:, None], None, batch["source_mask"])
+        return self._decode(params, cache, batch, tokens[:, None], None)
 
-    def _decode(self, params, cache, tokens, encoded, mask):
-        logits, updated = self.model.apply({"params": params, "cache": cache}, tokens, encoded,
-                                           mask, decode=True, method=Bart.decode,
-                                           mutable=["cache"])
+    def _decode(self, params, cache, batch, tokens, encoded):
+        logits, updated = self.model.apply(
+            {"params": params, "cache": cache}, tokens, encoded, batch["source_mask"],
+            decode=True, method="decode", mutable=["cache"],
+            **self._languages(batch, tokens, "target_language", "decoder_langs"))
         return logits[:, -1].astype(jnp.float32), updated["cache"]
 
 
@@ -183,7 +197,7 @@ def generator_for(model: nn.Module, decoder_start_id: int = 0):
             f"{type(model).__name__} (causal={getattr(model, 'causal', False)}) is an encoder "
             "with no next-token head, so it cannot generate; use fill-mask with it, or a gpt, "
             "gpt2, causal xlm (--config.model.causal=True) or bart checkpoint to generate.")
-    if isinstance(model, Bart):
+    if isinstance(model, (Bart, XlmEncoderDecoder)):
         return _EncoderDecoder(model, decoder_start_id)
     return _CausalLM(model)
 
@@ -394,15 +408,19 @@ def _round_up(n: int, multiple: int) -> int:
 def generate_ids(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]],
                  options: GenerationOptions, *, eos_id: int, pad_id: int,
                  decoder_start_id: int | None = None, language_id: int = 0,
+                 target_language_id: int = 0,
                  stream: Callable[[np.ndarray], None] | None = None) -> list[list[int]]:
     """New token ids for each prompt (token ids), without the prompt, cut before EOS.
 
-    A decoder-only model continues the prompt; BART reads it as its source and decodes from
-    `decoder_start_id` (default eos_id, as it was trained). Decoder-only prompts hold at most
+    A decoder-only model continues the prompt; BART and XLM's translation model read it as
+    their source and decode from `decoder_start_id` (default eos_id, as they were trained).
+    XLM's language ids: `language_id` the prompt's (the source's), `target_language_id` the
+    translation's. Decoder-only prompts hold at most
     max_len - 1 tokens and max_new_tokens shrinks to the room left. `stream`, called with each
     step's tokens [batch] (pad once a row is done), sees them as they are produced.
     """
     options.validate()
+    model, params = unscanned(model, params)  # the KV cache lives in the unrolled blocks
     generator = generator_for(model, eos_id if decoder_start_id is None else decoder_start_id)
     if not prompts:
         raise ValueError("no prompts given; pass at least one prompt.")
@@ -423,6 +441,9 @@ def generate_ids(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]]
             source[row, :len(ids)] = ids
         batch = {"source": source, "source_mask": (np.arange(width)[None] < np.array(
             [len(ids) for ids in prompts])[:, None]).astype(np.int32)}
+        if isinstance(model, XlmEncoderDecoder):
+            batch["language"] = np.full((rows,), language_id, np.int32)
+            batch["target_language"] = np.full((rows,), target_language_id, np.int32)
         num_new = min(options.max_new_tokens, max_len - 1)
     else:
         if longest >= max_len:

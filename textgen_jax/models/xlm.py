@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from textgen_jax.models.heads import classifier
+from textgen_jax.models.heads import classifier, token_head_outputs
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
-                                       add_bias, attention_mask, cached_attention_mask)
+                                       add_bias, attention_mask, cached_attention_mask,
+                                       layer_stack)
 
 
 def sinusoidal_position_table(num_positions: int, d_model: int) -> np.ndarray:
@@ -26,6 +27,42 @@ def sinusoidal_position_table(num_positions: int, d_model: int) -> np.ndarray:
     features = np.arange(d_model)
     angles = positions / np.power(10000.0, 2 * (features // 2) / d_model)
     return np.where(features % 2 == 0, np.sin(angles), np.cos(angles)).astype(np.float32)
+
+
+def embed_tokens(cfg: TransformerConfig, num_languages: int, sinusoidal_positions: bool,
+                 inputs: jax.Array, langs: jax.Array | None, positions: jax.Array,
+                 deterministic: bool) -> tuple[jax.Array, Embed]:
+    """XLM's input layer, called inside a module's compact method (its parameters token_embed,
+    position_embed, language_embed and embed_norm belong to that module): inputs, positions
+    [batch, length] int -> ([batch, length, embed], the token table for the tied output).
+
+    langs [batch, length]: language ids in [0, num_languages); with one language, or None as
+    in the reference, no language embedding is added.
+    """
+    embed = lambda num, axes, name: Embed(num, cfg.d_model, table_axes=axes,  # noqa: E731
+                                          init_std=cfg.init_std, dtype=cfg.dtype, name=name)
+    token_embed = embed(cfg.vocab_size, ("vocab", "embed"), "token_embed")
+    x = token_embed(inputs)
+    if sinusoidal_positions:
+        table = sinusoidal_position_table(cfg.max_len, cfg.d_model)
+        x = x + jnp.take(jnp.asarray(table), positions, axis=0).astype(cfg.dtype)
+    else:
+        x = x + embed(cfg.max_len, ("length", "embed"), "position_embed")(positions)
+    if num_languages > 1 and langs is not None:
+        x = x + embed(num_languages, (None, "embed"), "language_embed")(langs)
+    x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="embed_norm")(x)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), token_embed
+
+
+def output_logits(module: nn.Module, token_embed: Embed, x: jax.Array) -> jax.Array:
+    """XLM's output layer in `module`'s compact method: x [batch, length, embed] -> float32
+    logits [batch, length, vocab], the token table (tied) plus its own 'output_bias'."""
+    bias = module.param("output_bias",
+                        nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                        (token_embed.num_embeddings,), jnp.float32)
+    return nn.with_logical_constraint(add_bias(token_embed.attend(x), bias),
+                                      ("batch", "length", "vocab"))
 
 
 class Xlm(nn.Module):
@@ -41,6 +78,9 @@ class Xlm(nn.Module):
     causal: bool = False
     # > 0: a sequence classifier on the first token's state (XLMForSequenceClassification).
     num_labels: int = 0
+    # A per-token head instead (heads.TOKEN_HEADS): 'token_classification' (num_labels tags,
+    # XLMForTokenClassification) or 'question_answering' (XLMForQuestionAnsweringSimple).
+    head: str = ""
 
     @property
     def can_generate(self) -> bool:
@@ -62,26 +102,19 @@ class Xlm(nn.Module):
         [batch, length]: 0 for padding, which no token attends to; tokens attend only to tokens
         with the same id (default all ones). positions default to 0, 1, ... `decode` (causal
         mode only) appends the inputs to the KV cache, as in DecoderLM.
+
+        With num_labels > 0 or a `head`: {'logits': those logits, and 'classification_logits'
+        float32 [batch, num_labels] of the first token's state, or the head's outputs
+        ('token_logits' [batch, length, num_labels], or 'start_logits' and 'end_logits'
+        [batch, length]; models/heads.py)}.
         """
         cfg = self.cfg
         if attention_ids is None:
             attention_ids = jnp.ones_like(inputs)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
-        embed = lambda num, axes, name: Embed(num, cfg.d_model, table_axes=axes,  # noqa: E731
-                                              init_std=cfg.init_std, dtype=cfg.dtype, name=name)
-        token_embed = embed(cfg.vocab_size, ("vocab", "embed"), "token_embed")
-        x = token_embed(inputs)
-        if self.sinusoidal_positions:
-            table = sinusoidal_position_table(cfg.max_len, cfg.d_model)
-            x = x + jnp.take(jnp.asarray(table), positions, axis=0).astype(cfg.dtype)
-        else:
-            x = x + embed(cfg.max_len, ("length", "embed"), "position_embed")(positions)
-        if self.num_languages > 1 and langs is not None:
-            x = x + embed(self.num_languages, (None, "embed"), "language_embed")(langs)
-        x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="embed_norm")(x)
-        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x, token_embed = embed_tokens(cfg, self.num_languages, self.sinusoidal_positions, inputs,
+                                      langs, positions, deterministic)
 
         # The reference also zeroes padded hidden states after every layer; since no token
         # attends to padding here, that changes no real token's output and is left out.
@@ -93,16 +126,14 @@ class Xlm(nn.Module):
             mask, _ = cached_attention_mask(self, attention_ids)
         else:
             mask = attention_mask(attention_ids, attention_ids, causal=self.causal)
-        for i in range(cfg.num_layers):
-            x = TransformerBlock(cfg, pre_norm=False, residual_init_std=cfg.init_std,
-                                 name=f"block_{i}")(x, mask, deterministic=deterministic,
-                                                    decode=decode)
+        x = layer_stack(TransformerBlock, cfg.num_layers, cfg.scan_layers, cfg=cfg,
+                        pre_norm=False, residual_init_std=cfg.init_std)(x, mask, deterministic,
+                                                                       decode)
 
-        bias = self.param("output_bias",
-                          nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                          (cfg.vocab_size,), jnp.float32)
-        logits = nn.with_logical_constraint(add_bias(token_embed.attend(x), bias),
-                                            ("batch", "length", "vocab"))
+        logits = output_logits(self, token_embed, x)
+        if self.head:
+            return {"logits": logits, **token_head_outputs(cfg, self.head, self.num_labels, x,
+                                                           deterministic)}
         if not self.num_labels:
             return logits
         state = nn.Dropout(cfg.dropout)(x[:, 0], deterministic=deterministic)
