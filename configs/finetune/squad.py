@@ -1,6 +1,8 @@
 """SQuAD v1.1 extractive question answering (BERT §4.2): start/end logits over the
-`[CLS] question [SEP] context [SEP]` row, scored by exact match and F1 after n-best span
-decoding (textgen_jax.finetune.pipelines.best_answer_span, max answer length 30).
+`[CLS] question [SEP] context [SEP]` row (config.model.head='question_answering', a Dense(2)
+as BertForQuestionAnswering's qa_outputs), scored by exact match and F1 after n-best span
+decoding (textgen_jax.finetune.pipelines.best_answer_span; config.task.max_answer_length 30,
+config.task.n_best 20).
 
   textgen-jax train --config configs/finetune/squad.py:bert-base \
     --config.init_from=runs/bert_base_hf --config.data.data_dir=gs://BUCKET/tfds \

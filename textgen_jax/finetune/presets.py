@@ -9,6 +9,7 @@ import ml_collections
 
 from textgen_jax.finetune.pipelines import ARCHS, KIND_ARCHS
 from textgen_jax.finetune.tasks import get_task
+from textgen_jax.objectives.finetune_tokens import TOKEN_TASK_HEADS
 
 
 def architecture_config(configs_dir: str | Path, arch: str, preset: str = "tiny"
@@ -32,7 +33,9 @@ def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
     fine-tuning recipe (BERT §4.1/§A.3, GPT §4.1: a small learning rate, linear decay to 0
     after a short warmup, a few epochs), scaled down to a few hundred steps for `tiny`. The
     sequence classifier (config.model.num_labels) gets the task's number of labels; a seq2seq
-    task trains with label smoothing 0.1 and is evaluated by beam search (config.task).
+    task trains with label smoothing 0.1 and is evaluated by beam search (config.task); token
+    classification and extractive QA get the per-token head of their kind (config.model.head;
+    num_labels the tags of token classification).
     """
     arch, _, preset = arch_preset.partition("-")
     preset = preset or "tiny"
@@ -49,6 +52,9 @@ def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
         config.model.num_labels = task.num_labels
     elif task.kind == "multiple_choice":
         config.model.num_labels = 1  # a score per choice, softmax over the choices
+    elif task.kind in TOKEN_TASK_HEADS:
+        config.model.head = TOKEN_TASK_HEADS[task.kind]
+        config.model.num_labels = task.num_labels  # tags; 0 for QA's start/end head
     elif task.kind == "seq2seq":
         config.task.label_smoothing = 0.1  # fairseq's BART summarization and translation recipes
     config.sample.prompts = ()  # a task model is scored on its task, not sampled

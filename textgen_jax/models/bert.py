@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from textgen_jax.models.heads import classifier
+from textgen_jax.models.heads import classifier, token_head_outputs
 from textgen_jax.models.layers import (DenseGeneral, Embed, LayerNorm, TransformerBlock,
                                        TransformerConfig, activation_fn, add_bias, attention_mask)
 
@@ -45,6 +45,9 @@ class Bert(nn.Module):
     type_vocab_size: int = 2
     # > 0 adds a sequence classifier on the pooled output (§4.1; BertForSequenceClassification).
     num_labels: int = 0
+    # A per-token head instead (heads.TOKEN_HEADS): 'token_classification' (num_labels tags,
+    # BertForTokenClassification) or 'question_answering' (BertForQuestionAnswering).
+    head: str = ""
     # Not a generator: the loop's end-of-training samples and `generate` skip/refuse it.
     can_generate = False
 
@@ -58,7 +61,9 @@ class Bert(nn.Module):
                  deterministic: bool = True) -> dict[str, jax.Array]:
         """inputs, token_types (0 = segment A, 1 = B) [batch, length] int ->
         {'mlm_logits': float32 [batch, length, vocab], 'nsp_logits': float32 [batch, 2]},
-        and 'classification_logits' float32 [batch, num_labels] when num_labels > 0.
+        and 'classification_logits' float32 [batch, num_labels] when num_labels > 0; with a
+        `head`, that head's outputs instead ('token_logits' [batch, length, num_labels], or
+        'start_logits' and 'end_logits' [batch, length]; models/heads.py).
 
         attention_ids [batch, length]: 0 for padding, which no token attends to; tokens attend
         only to tokens with the same id (default all ones). positions default to 0, 1, ...
@@ -93,7 +98,9 @@ class Bert(nn.Module):
         outputs = {"mlm_logits": nn.with_logical_constraint(mlm_logits,
                                                             ("batch", "length", "vocab")),
                    "nsp_logits": nsp_logits.astype(jnp.float32)}
-        if self.num_labels:
+        if self.head:
+            outputs.update(token_head_outputs(cfg, self.head, self.num_labels, x, deterministic))
+        elif self.num_labels:
             pooled = nn.Dropout(cfg.dropout)(pooled, deterministic=deterministic)
             outputs["classification_logits"] = classifier(cfg, self.num_labels)(
                 pooled).astype(jnp.float32)

@@ -1,8 +1,10 @@
-"""Fine-tuning heads shared by the architectures: a sequence classifier over one token's state.
+"""Fine-tuning heads shared by the architectures: a sequence classifier over one token's state,
+and the per-token heads of the encoders.
 
 Each model with `num_labels` > 0 reads one hidden state per row (BERT its pooled [CLS], GPT and
 GPT-2 the extract token, XLM the first token, BART the decoder's final eos) and returns
-'classification_logits' beside its LM logits.
+'classification_logits' beside its LM logits. The encoders (BERT, XLM) with a `head` from
+TOKEN_HEADS read every token's state instead (`token_head_outputs`).
 """
 
 from __future__ import annotations
@@ -39,3 +41,31 @@ class ClassificationHead(nn.Module):
         x = jnp.tanh(classifier(cfg, cfg.d_model, "dense")(x))
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         return classifier(cfg, self.num_labels, "out_proj")(x).astype(jnp.float32)
+
+
+# The encoders' per-token heads (config.model.head), named as Hugging Face's *ForTokenClassification
+# and *ForQuestionAnswering(Simple) name their layers, so weights map one to one.
+TOKEN_HEADS = ("token_classification", "question_answering")
+
+
+def token_head_outputs(cfg: TransformerConfig, head: str, num_labels: int, x: jax.Array,
+                       deterministic: bool = True) -> dict[str, jax.Array]:
+    """The outputs of per-token head `head` on the encoder's states x [batch, length, embed].
+
+    'token_classification': {'token_logits': float32 [batch, length, num_labels]} from dropout
+      and a `classifier` Dense (BERT §4.3, NER).
+    'question_answering': {'start_logits', 'end_logits': float32 [batch, length]} from a
+      `qa_outputs` Dense(2): the start and end vectors S, E of BERT §4.2.
+    Call it inside the model's compact method: its layers are the model's own.
+    """
+    if head == "token_classification":
+        if num_labels < 1:
+            raise ValueError(f"head {head!r} needs one logit per tag, but num_labels="
+                             f"{num_labels}: set --config.model.num_labels to the task's tags.")
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        logits = classifier(cfg, num_labels)(x).astype(jnp.float32)
+        return {"token_logits": nn.with_logical_constraint(logits, ("batch", "length", None))}
+    if head == "question_answering":
+        logits = classifier(cfg, 2, "qa_outputs")(x).astype(jnp.float32)
+        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+    raise ValueError(f"config.model.head={head!r}: use '' (none) or one of {TOKEN_HEADS}.")
