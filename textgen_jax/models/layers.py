@@ -4,6 +4,8 @@ Every parameter is created through `nn.with_logical_partitioning` with names fro
 {batch, length, embed, heads, kv, mlp, vocab, layers}; training/partitioning.py maps them to
 mesh axes. Parameters are float32; `dtype` is the compute dtype, and every matmul accumulates
 in float32 (`preferred_element_type`), which is also the fast bfloat16 path on CPU (AMX).
+float32 operands multiply in full float32 on every backend (GPUs would otherwise round them to
+TF32, ~1e-3 off the reference implementations); bfloat16 is the fast path there.
 """
 
 from __future__ import annotations
@@ -54,9 +56,16 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     raise ValueError(f"unknown activation {name!r}: use gelu_tanh, gelu or relu.")
 
 
+def _precision(dtype: jnp.dtype) -> jax.lax.Precision:
+    """HIGHEST for float32 operands: a float32 model stays float32 (exact against PyTorch,
+    which keeps TF32 off by default) on GPUs and TPUs; DEFAULT for the compute dtypes."""
+    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
 def _dot(a: Array, b: Array, a_axes: Sequence[int], b_axes: Sequence[int]) -> Array:
     return jax.lax.dot_general(
-        a, b, ((tuple(a_axes), tuple(b_axes)), ((), ())), preferred_element_type=jnp.float32)
+        a, b, ((tuple(a_axes), tuple(b_axes)), ((), ())), precision=_precision(a.dtype),
+        preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -111,7 +120,8 @@ def matmul(x: Array, kernel: Array, contract: int = 1, kernel_transposed: bool =
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
 def _einsum(spec: str, a: Array, b: Array, out_dtype: jnp.dtype) -> Array:
-    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+    return jnp.einsum(spec, a, b, precision=_precision(a.dtype),
+                      preferred_element_type=jnp.float32).astype(out_dtype)
 
 
 def _einsum_fwd(spec, a, b, out_dtype):
@@ -123,8 +133,11 @@ def _einsum_bwd(spec, out_dtype, residuals, g):
     inputs, out = spec.split("->")
     a_spec, b_spec = inputs.split(",")
     g = g.astype(a.dtype)
-    grad_a = jnp.einsum(f"{out},{b_spec}->{a_spec}", g, b, preferred_element_type=jnp.float32)
-    grad_b = jnp.einsum(f"{out},{a_spec}->{b_spec}", g, a, preferred_element_type=jnp.float32)
+    precision = _precision(a.dtype)
+    grad_a = jnp.einsum(f"{out},{b_spec}->{a_spec}", g, b, precision=precision,
+                        preferred_element_type=jnp.float32)
+    grad_b = jnp.einsum(f"{out},{a_spec}->{b_spec}", g, a, precision=precision,
+                        preferred_element_type=jnp.float32)
     return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
 
 
