@@ -57,6 +57,8 @@ def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
         config.model.num_labels = task.num_labels  # tags; 0 for QA's start/end head
     elif task.kind == "seq2seq":
         config.task.label_smoothing = 0.1  # fairseq's BART summarization and translation recipes
+        # XLM §5: the encoder-decoder whose two stacks init_from fills from a pretrained XLM.
+        config.model.encoder_decoder = arch == "xlm"
     config.sample.prompts = ()  # a task model is scored on its task, not sampled
     config.optim.update(decay="linear", end_lr_ratio=0.0, weight_decay=0.01)
     if preset == "tiny":

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from textgen_jax.models.bart import DecoderBlock
 from textgen_jax.models.layers import (TransformerBlock, TransformerConfig, attention_mask,
-                                       cached_attention_mask)
+                                       cached_attention_mask, layer_stack)
 from textgen_jax.models.xlm import embed_tokens, output_logits
 
 
@@ -56,14 +56,12 @@ class XlmStack(nn.Module):
         x, token_embed = embed_tokens(cfg, self.num_languages, self.sinusoidal_positions, inputs,
                                       langs, positions, deterministic)
         if not self.is_decoder:
-            for i in range(self.num_layers):
-                x = TransformerBlock(cfg, pre_norm=False, residual_init_std=cfg.init_std,
-                                     name=f"block_{i}")(x, self_mask, deterministic=deterministic)
-            return x
+            return layer_stack(TransformerBlock, self.num_layers, cfg.scan_layers, cfg=cfg,
+                               pre_norm=False, residual_init_std=cfg.init_std)(
+                x, self_mask, deterministic)
         cross_mask = attention_mask(segments, source_segments, causal=False)
-        for i in range(self.num_layers):
-            x = DecoderBlock(cfg, name=f"block_{i}")(x, encoded, self_mask, cross_mask,
-                                                     deterministic=deterministic, decode=decode)
+        x = layer_stack(DecoderBlock, self.num_layers, cfg.scan_layers, cfg=cfg)(
+            x, encoded, self_mask, cross_mask, deterministic, decode)
         return output_logits(self, token_embed, x)
 
 
