@@ -198,8 +198,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         result = evaluate(eval_step, state.params, config, tokenizer, mesh, predict_step)
         task = "".join(f" | {name} {result[name]:.3f}" for name in objective.metrics
                        if name != "accuracy")
+        # A regression task (STS-B) has no accuracy.
+        accuracy = f" | accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
         log(f"eval at step {step}: loss {result['loss']:.4f} | perplexity "
-            f"{result['perplexity']:.2f} | accuracy {result['accuracy']:.3f}{task}")
+            f"{result['perplexity']:.2f}{accuracy}{task}")
         writer.write(step, result, "eval")
         if best_mngr is not None:  # a fine-tuning task: keep the best params by its metric
             checkpoint.save_best(best_mngr, step, state.params,
