@@ -83,10 +83,8 @@ def _bert_case(hf_model, model, params, vocab, length):
     out_ours = model.apply({"params": params}, jnp.asarray(inputs), jnp.asarray(token_types),
                            attention_ids=jnp.asarray(mask))
     ours, theirs = {"mlm": np.asarray(out_ours["mlm_logits"])}, {}
-    if hasattr(hf_model, "classifier"):
-        theirs["classification"] = out.logits.numpy()
-        ours["classification"] = np.asarray(out_ours["classification_logits"])
-        del ours["mlm"]
+    if hasattr(hf_model, "classifier") or hasattr(hf_model, "qa_outputs"):
+        ours, theirs = _head_logits(hf_model, out, out_ours)
     elif hasattr(out, "prediction_logits"):
         theirs["mlm"] = out.prediction_logits.numpy()
         theirs["nsp"] = out.seq_relationship_logits.numpy()
@@ -103,11 +101,22 @@ def _xlm_case(hf_model, model, params, vocab, length):
     num_languages = hf_model.config.n_langs
     langs = rng.integers(0, num_languages, (BATCH, length)).astype(np.int32)
     with torch.no_grad():
-        theirs = {"lm": hf_model(input_ids=_long(inputs), attention_mask=_long(mask),
-                                 langs=_long(langs)).logits.numpy()}
-    ours = {"lm": np.asarray(model.apply({"params": params}, jnp.asarray(inputs),
-                                         jnp.asarray(langs), attention_ids=jnp.asarray(mask)))}
-    return ours, theirs, mask
+        out = hf_model(input_ids=_long(inputs), attention_mask=_long(mask), langs=_long(langs))
+    out_ours = model.apply({"params": params}, jnp.asarray(inputs), jnp.asarray(langs),
+                           attention_ids=jnp.asarray(mask))
+    if isinstance(out_ours, dict):  # a fine-tuning head's outputs beside the LM logits
+        return (*_head_logits(hf_model, out, out_ours), mask)
+    return {"lm": np.asarray(out_ours)}, {"lm": out.logits.numpy()}, mask
+
+
+def _head_logits(hf_model, out, out_ours) -> tuple[dict, dict]:
+    """(ours, theirs) of a fine-tuning head: QA's start and end logits as [B, L, 2], or a
+    classifier's logits (per token [B, L, labels], or per row)."""
+    if hasattr(hf_model, "qa_outputs"):
+        return ({"qa": np.stack([out_ours["start_logits"], out_ours["end_logits"]], -1)},
+                {"qa": np.stack([out.start_logits.numpy(), out.end_logits.numpy()], -1)})
+    ours = out_ours["token_logits" if "token_logits" in out_ours else "classification_logits"]
+    return {"classification": np.asarray(ours)}, {"classification": out.logits.numpy()}
 
 
 def _bart_case(hf_model, model, params, vocab, length):
@@ -154,6 +163,15 @@ CASES = {
                                 max_position_embeddings=48, hidden_dropout_prob=0.0,
                                 attention_probs_dropout_prob=0.0, num_labels=3)),
         _bert_case, 101, 48),
+    "bert_question_answering": (lambda: transformers.BertForQuestionAnswering(
+        transformers.BertConfig(vocab_size=97, hidden_size=60, num_hidden_layers=2,
+                                num_attention_heads=5, intermediate_size=100,
+                                max_position_embeddings=37, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0)), _bert_case, 97, 37),
+    "xlm_token_classification": (lambda: transformers.XLMForTokenClassification(
+        transformers.XLMConfig(vocab_size=101, emb_dim=64, n_layers=2, n_heads=4,
+                               max_position_embeddings=48, n_langs=2, dropout=0.0,
+                               attention_dropout=0.0, num_labels=5)), _xlm_case, 101, 48),
     "xlm_1_language": (lambda: transformers.XLMWithLMHeadModel(transformers.XLMConfig(
         vocab_size=101, emb_dim=64, n_layers=2, n_heads=4, max_position_embeddings=48,
         n_langs=1, dropout=0.0, attention_dropout=0.0)), _xlm_case, 101, 48),
@@ -202,6 +220,9 @@ def test_import_then_export_matches_transformers(name, tmp_path):
     expected_missing = {
         "bert_masked_lm": {"pooler/kernel", "pooler/bias", "nsp/kernel", "nsp/bias"},
         "bert_sequence_classification": {"nsp/kernel", "nsp/bias", *mlm_head},
+        "bert_question_answering": {"pooler/kernel", "pooler/bias", "nsp/kernel", "nsp/bias",
+                                    *mlm_head},
+        "xlm_token_classification": {"output_bias"},  # its LM head is not in the class
     }.get(name, set())
     assert missing == expected_missing
     expected_dropped = {"openai_gpt_double_heads": {"multiple_choice_head.summary.weight",

@@ -40,7 +40,15 @@ _MODEL_TYPE = {arch: model_type for model_type, (arch, _) in SUPPORTED.items()}
 _BASE_PREFIX = {"gpt2": "transformer.", "gpt": "transformer.", "bert": "bert.",
                 "xlm": "transformer.", "bart": "model."}
 # Heads of ours that a checkpoint of another head class lacks (initialised, and reported).
-_OPTIONAL_HEADS = {"bert": ("pooler/", "nsp/", "mlm/", "classifier/")}
+_OPTIONAL_HEADS = {"bert": ("pooler/", "nsp/", "mlm/", "classifier/", "qa_outputs/"),
+                   "xlm": ("output_bias",)}
+# transformers' classes of our per-token heads (config.model.head, models/heads.py).
+_HEAD_CLASSES = {
+    "bert": {"token_classification": "BertForTokenClassification",
+             "question_answering": "BertForQuestionAnswering"},
+    "xlm": {"token_classification": "XLMForTokenClassification",
+            "question_answering": "XLMForQuestionAnsweringSimple"},
+}
 # transformers activation names -> ours (openai-gpt's 'gelu' is the tanh approximation).
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
@@ -142,7 +150,17 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
                      layer_norm_eps=1e-5, init_std=hf.get("init_std", 0.02),
                      activation=_activation(hf.get("activation_function", "gelu"), model_type),
                      scale_embedding=bool(hf.get("scale_embedding", False)))
+    head = _head(hf, arch)
+    if head:
+        model.update(head=head,
+                     num_labels=_num_labels(hf) if head == "token_classification" else 0)
     return dict(arch=arch, vocab_size=hf["vocab_size"], **model)
+
+
+def _head(hf: Mapping[str, Any], arch: str) -> str:
+    """The config.model.head of a checkpoint of one of `arch`'s head classes, else ''."""
+    heads = {name: head for head, name in _HEAD_CLASSES.get(arch, {}).items()}
+    return next((heads[a] for a in hf.get("architectures") or () if a in heads), "")
 
 
 def _is_classifier(hf: Mapping[str, Any]) -> bool:
@@ -220,6 +238,10 @@ def hf_config_from(config: ml_collections.ConfigDict) -> dict[str, Any]:
                   activation_dropout=0.0, init_std=m.init_std,
                   activation_function=m.activation.replace("gelu_tanh", "gelu_new"),
                   scale_embedding=bool(m.scale_embedding), is_encoder_decoder=True)
+    if m.get("head"):
+        common["architectures"] = [_HEAD_CLASSES[m.arch][m.head]]
+        if m.head == "token_classification":
+            hf.update(num_labels=m.num_labels)
     return {**common, **hf}
 
 

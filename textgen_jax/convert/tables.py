@@ -77,6 +77,16 @@ def gpt(model: Mapping[str, Any]) -> Iterator[Tensor]:
         yield from _gpt_block(i, "transformer")
 
 
+def _fine_tuning_head(model: Mapping[str, Any]) -> Iterator[Tensor]:
+    """The head of config.model.head (models/heads.py), else the sequence classifier of
+    num_labels: `qa_outputs` or `classifier`, named as in transformers' *ForQuestionAnswering,
+    *ForTokenClassification and BertForSequenceClassification."""
+    if model.get("head") == "question_answering":
+        yield from _dense(("qa_outputs",), "qa_outputs", LINEAR)
+    elif model.get("num_labels"):
+        yield from _dense(("classifier",), "classifier", LINEAR)
+
+
 def bert(model: Mapping[str, Any]) -> Iterator[Tensor]:
     embeddings = "bert.embeddings"
     yield Tensor(("token_embed", "embedding"), f"{embeddings}.word_embeddings.weight")
@@ -97,8 +107,7 @@ def bert(model: Mapping[str, Any]) -> Iterator[Tensor]:
     yield from _dense(("mlm", "transform"), "cls.predictions.transform.dense", LINEAR)
     yield from _norm(("mlm", "transform_norm"), "cls.predictions.transform.LayerNorm")
     yield Tensor(("mlm", "output_bias"), "cls.predictions.bias")
-    if model.get("num_labels"):
-        yield from _dense(("classifier",), "classifier", LINEAR)
+    yield from _fine_tuning_head(model)
 
 
 def xlm(model: Mapping[str, Any]) -> Iterator[Tensor]:
@@ -117,6 +126,8 @@ def xlm(model: Mapping[str, Any]) -> Iterator[Tensor]:
         yield from _mlp(block, f"transformer.ffns.{i}.lin1", f"transformer.ffns.{i}.lin2", LINEAR)
         yield from _norm((*block, "mlp_norm"), f"transformer.layer_norm2.{i}")
     yield Tensor(("output_bias",), "pred_layer.proj.bias")
+    if model.get("head"):  # XLM's sequence classifier (a SequenceSummary) is not mapped
+        yield from _fine_tuning_head(model)
 
 
 def bart(model: Mapping[str, Any]) -> Iterator[Tensor]:
