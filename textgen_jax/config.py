@@ -141,6 +141,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = ml_collections.ConfigDict()
     c.task.name = ""
     c.task.language = ""
+    # Cross-lingual transfer (XLM §5.2, XNLI): evaluation also reads the task in each of these
+    # languages and reports its metrics as <metric>_<language> (accuracy_de, ...).
+    c.task.eval_languages = ()
     c.task.lm_weight = 0.5  # GPT, GPT-2: the auxiliary LM loss's weight (GPT §3.3)
     # extractive_qa: answer spans decoded from the n_best best starts and ends, at most
     # max_answer_length tokens long (BERT's SQuAD decoding).

@@ -17,8 +17,11 @@ examples are built from the corpus by data in the pipelines (finetune/pipelines.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
+
+import ml_collections
 
 KINDS = ("classification", "regression", "similarity", "multiple_choice",
          "token_classification", "extractive_qa", "seq2seq")
@@ -117,6 +120,8 @@ _TASKS = [
          ("bleu",), splits=("train", "validation", "test"), languages=("de", "en")),
     # XNLI has no training split of its own: the paper's zero-shot transfer fine-tunes on
     # glue/mnli (English) and evaluates here with config.task.language set to each language.
+    # Here: fine-tune on its validation split in config.task.language and report the test
+    # accuracy in each of config.task.eval_languages too (accuracy_<lang>).
     Task("xnli", "classification", "xnli", ("premise", "hypothesis"), "label", 3, ("accuracy",),
          splits=("validation", "test"), train_split="validation", eval_split="test",
          languages=XNLI_LANGUAGES),
@@ -141,6 +146,25 @@ def get_task(name: str) -> Task:
     except KeyError:
         raise ValueError(f"Unknown fine-tuning task config.task.name={name!r}; known tasks: "
                          f"{sorted(TASKS)}.") from None
+
+
+def in_language(config: ml_collections.ConfigDict, language: str
+                ) -> ml_collections.ConfigDict:
+    """A copy of `config` that reads its multilingual classification task (XNLI) in `language`
+    (config.task.language) and evaluates no other: how evaluation scores each of
+    config.task.eval_languages. ValueError for a task that has no such language."""
+    task = get_task(config.task.name)
+    if task.kind == "seq2seq" or not task.languages:
+        raise ValueError(f"config.task.eval_languages={tuple(config.task.eval_languages)}: "
+                         f"task {task.name!r} is not a multilingual classification task "
+                         "(xnli), which cross-lingual evaluation needs; set it to ().")
+    if language not in task.languages:
+        raise ValueError(f"config.task.eval_languages names {language!r}, not a language of "
+                         f"task {task.name!r}; use some of {list(task.languages)}.")
+    config = copy.deepcopy(config)
+    config.task.language = language
+    config.task.eval_languages = ()
+    return config
 
 
 def signature_of(code: str) -> str:

@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 from textgen_jax import config as config_lib
 from textgen_jax import data as data_lib
 from textgen_jax import decoding, models, objectives
+from textgen_jax.finetune.tasks import in_language
 from textgen_jax.training import (checkpoint, init_from, metrics as metrics_lib, optimizer,
                                   partitioning, steps)
 
@@ -96,6 +97,11 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
         result.update(objective.score(config, tokenizer, config.data.eval_split,
                                       {name: np.concatenate(values)
                                        for name, values in outputs.items()}))
+    for language in config.task.eval_languages:  # cross-lingual transfer (XLM §5.2)
+        scores = evaluate(eval_step, params, in_language(config, language), tokenizer, mesh,
+                          predict)
+        result.update({f"{name}_{language}": scores[name]
+                       for name in ("loss", *objective.metrics)})
     return result
 
 
@@ -196,8 +202,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def run_eval(step: int) -> dict[str, float]:
         result = evaluate(eval_step, state.params, config, tokenizer, mesh, predict_step)
-        task = "".join(f" | {name} {result[name]:.3f}" for name in objective.metrics
-                       if name != "accuracy")
+        shown = [*objective.metrics, *(f"{name}_{language}" for language in
+                                       config.task.eval_languages for name in objective.metrics)]
+        task = "".join(f" | {name} {result[name]:.3f}" for name in shown if name != "accuracy")
         # A regression task (STS-B) has no accuracy.
         accuracy = f" | accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
         log(f"eval at step {step}: loss {result['loss']:.4f} | perplexity "

@@ -1,0 +1,116 @@
+"""Cross-lingual classification (XLM §5.2, XNLI): fine-tune in one language
+(config.task.language), evaluate in the others (config.task.eval_languages -> accuracy_<lang>).
+
+The loop runs in-process on `tfds.testing.mock_data` (it patches this process only) with
+hand-written XNLI examples whose premise and hypothesis exist in English, German and French.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+import tensorflow_datasets.text.xnli  # noqa: F401  (registers the builder)
+from conftest import read_metrics
+from sklearn.metrics import accuracy_score
+
+import textgen_jax
+from textgen_jax import models
+from textgen_jax.finetune.pipelines import finetune_dataset
+from textgen_jax.finetune.presets import finetune_config
+from textgen_jax.finetune.tasks import in_language
+from textgen_jax.training.loop import train_and_evaluate
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+LANGUAGES = ("en", "de", "fr")
+PREMISES = [{"en": "A man is eating.", "de": "Ein Mann isst.", "fr": "Un homme mange."},
+            {"en": "The cat sleeps.", "de": "Die Katze schläft.", "fr": "Le chat dort."},
+            {"en": "It is raining.", "de": "Es regnet.", "fr": "Il pleut."},
+            {"en": "She reads a book.", "de": "Sie liest ein Buch.", "fr": "Elle lit un livre."}]
+HYPOTHESES = [{"en": "Someone eats.", "de": "Jemand isst.", "fr": "Quelqu'un mange."},
+              {"en": "The cat runs.", "de": "Die Katze rennt.", "fr": "Le chat court."},
+              {"en": "It is sunny.", "de": "Es ist sonnig.", "fr": "Il fait beau."},
+              {"en": "She reads.", "de": "Sie liest.", "fr": "Elle lit."}]
+LABELS = (0, 2, 2, 0)
+
+
+def _xnli_examples(_builder, split, **_):
+    del split
+    return [{"premise": {lang: premise[lang].encode() for lang in LANGUAGES},
+             "hypothesis": {"language": np.array([lang.encode() for lang in LANGUAGES]),
+                            "translation": np.array([hypothesis[lang].encode()
+                                                     for lang in LANGUAGES])},
+             "label": np.int64(label)}
+            for premise, hypothesis, label in zip(PREMISES, HYPOTHESES, LABELS)]
+
+
+def _mock():
+    return tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE,
+                                  as_data_source_fn=_xnli_examples)
+
+
+def _config(data_dir: str):
+    """XNLI on a tiny XLM with a language embedding per language, trained in English."""
+    config = finetune_config(CONFIGS, "xnli", "xlm")
+    config.model.update(num_layers=1, d_model=32, num_heads=2, d_ff=64, max_len=64,
+                        num_languages=len(LANGUAGES), dtype="float32")
+    config.data.update(data_dir=data_dir, seq_len=32, global_batch_size=4,
+                       languages=LANGUAGES)
+    config.tokenizer.languages = LANGUAGES
+    config.optim.update(warmup_steps=1, lr=1e-3)
+    config.train.update(num_steps=2, log_every=1, eval_every=2, checkpoint_every=2,
+                        eval_batches=1, async_checkpointing=False)
+    config.task.update(language="en", eval_languages=("de", "fr"))
+    return config
+
+
+def test_trained_in_english_evaluated_in_german_and_french(stdlib_tokenizer, tmp_path,
+                                                           capsys):
+    config = _config(str(tmp_path / "tfds"))
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    stdlib_tokenizer.save(workdir / "tokenizer.model")
+    with _mock():
+        result = train_and_evaluate(config, str(workdir))
+    assert result["step"] == 2 and math.isfinite(result["train"]["loss"])
+    assert "| accuracy_de " in capsys.readouterr().out
+    evals = read_metrics(workdir, "eval")
+    assert sorted(evals) == [0, 2]
+    for metrics in evals.values():
+        for language in ("de", "fr"):
+            assert 0.0 <= metrics[f"accuracy_{language}"] <= 1.0
+            assert math.isfinite(metrics[f"loss_{language}"])
+            # Each language's own text and language id: a loss of its own.
+            assert abs(metrics[f"loss_{language}"] - metrics["loss"]) > 1e-6, metrics
+
+    # accuracy_<lang> is scikit-learn's accuracy of the final model on that language's rows,
+    # built here straight from the pipeline with config.task.language = lang.
+    params = textgen_jax.load(str(workdir)).params
+    model = models.build_model(config.model, config.model.vocab_size)
+    for language in ("en", "de", "fr"):
+        config.task.language = language
+        with _mock():
+            batch = next(iter(finetune_dataset(config, stdlib_tokenizer, "test", shuffle=False,
+                                               repeat=False)))
+        assert (batch["langs"][batch["attention_ids"] > 0] == LANGUAGES.index(language)).all()
+        logits = model.apply({"params": params}, batch["inputs"], batch["langs"],
+                             batch["positions"], batch["attention_ids"])
+        predictions = np.asarray(jax.numpy.argmax(logits["classification_logits"], axis=-1))
+        name = "accuracy" if language == "en" else f"accuracy_{language}"
+        assert evals[2][name] == pytest.approx(accuracy_score(LABELS, predictions)), language
+
+
+def test_eval_languages_a_task_lacks_are_named(task_config):
+    config = task_config("xnli", "xlm")
+    with pytest.raises(ValueError, match="'xx', not a language of task 'xnli'"):
+        in_language(config, "xx")
+    for task in ("glue/sst2", "wmt14_translate/de-en"):
+        config = task_config(task, "xlm")
+        config.task.eval_languages = ("de",)
+        with pytest.raises(ValueError, match=f"task '{task}' is not a multilingual "
+                                             "classification task"):
+            in_language(config, "de")
