@@ -12,6 +12,8 @@ import ml_collections
 from textgen_jax import config as config_lib
 from textgen_jax import data as data_lib
 from textgen_jax import decoding, models
+from textgen_jax.finetune.pipelines import task_languages
+from textgen_jax.finetune.tasks import get_task
 from textgen_jax.training import checkpoint, partitioning
 
 
@@ -67,11 +69,14 @@ def generate(model_or_workdir: str | os.PathLike | Loaded, prompts: str | Sequen
              early_stopping: bool | str = False, language: str = "",
              stream: Callable[[str], None] | None = None) -> list[str]:
     """Generates from a workdir (or a `load` result) with the KV cache: for GPT, GPT-2 and
-    causal XLM each prompt + its continuation, for BART the output for each source text.
+    causal XLM each prompt + its continuation, for BART and XLM's translation model the output
+    for each source text.
 
     temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off; num_beams > 1 is
     beam search (the sampling options then do not apply). `language` picks an XLM model's
-    language; `stream(text)` receives a single prompt's new text as it is decoded. Raises
+    language (a translation model's source language, by default its task's; it writes the
+    task's target language); `stream(text)` receives a single prompt's new text as it is
+    decoded. Raises
     ValueError for bad options, an empty or too long prompt, or an encoder-only model.
     """
     loaded = _loaded(model_or_workdir)
@@ -89,10 +94,15 @@ def generate(model_or_workdir: str | os.PathLike | Loaded, prompts: str | Sequen
                          f"{loaded.config.model.get('causal', False)}) is an encoder with no "
                          "next-token head, so it cannot generate; use fill-mask with it, or a "
                          "gpt, gpt2, causal xlm or bart checkpoint to generate.")
-    language_id = (_language_id(loaded.config, language)
-                   if loaded.config.model.arch == "xlm" else 0)
+    language_id = target_language_id = 0
+    if models.is_encoder_decoder_xlm(loaded.config.model):  # into its task's output language
+        _, language_id, target_language_id = task_languages(
+            loaded.config, get_task(loaded.config.task.name), language)
+    elif loaded.config.model.arch == "xlm":
+        language_id = _language_id(loaded.config, language)
     return decoding.generate_text(loaded.model, loaded.params, loaded.tokenizer, list(prompts),
-                                  options, language_id=language_id, stream=stream)
+                                  options, language_id=language_id,
+                                  target_language_id=target_language_id, stream=stream)
 
 
 def fill_mask(model_or_workdir: str | os.PathLike | Loaded, text: str, top_k: int = 5,

@@ -20,8 +20,10 @@ import tensorflow_datasets.translate.wmt14  # noqa: F401  (registers the builder
 from conftest import read_metrics
 from flax import traverse_util
 
+import textgen_jax
 from textgen_jax import models
 from textgen_jax.config import ConfigError
+from textgen_jax.decoding.generate import GenerationOptions, generate_ids
 from textgen_jax.finetune.presets import architecture_config, finetune_config
 from textgen_jax.training import init_from
 from textgen_jax.training.loop import train_and_evaluate
@@ -110,6 +112,17 @@ def test_translation_fine_tune_from_the_pretrained_xlm(pretrained, stdlib_data_d
     assert sorted(evals) == [0, 2]
     for metrics in evals.values():
         assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["bleu"] <= 100.0
+
+    # textgen_jax.generate translates: the source framed as in training, German in, English
+    # out (the task's languages), as generate_ids gives it.
+    loaded = textgen_jax.load(str(workdir))
+    tok = loaded.tokenizer
+    text = "Ein kleines Haus."
+    ids = generate_ids(loaded.model, loaded.params, [[tok.bos_id, *tok.encode(text), tok.eos_id]],
+                       GenerationOptions(max_new_tokens=4), eos_id=tok.eos_id, pad_id=tok.pad_id,
+                       language_id=1, target_language_id=0)[0]
+    assert textgen_jax.generate(loaded, text, max_new_tokens=4, temperature=0) == [
+        tok.decode([t for t in ids if t != tok.bos_id])]
 
     # The other way round is a clear error: a plain XLM cannot start from a translation model.
     plain = copy.deepcopy(config)

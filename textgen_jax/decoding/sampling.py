@@ -10,14 +10,18 @@ import flax.linen as nn
 from textgen_jax.decoding.generate import GenerationOptions, generate_ids
 from textgen_jax.models.bart import Bart
 from textgen_jax.models.xlm import Xlm
+from textgen_jax.models.xlm_seq2seq import XlmEncoderDecoder
+
+# Models that read the prompt as a source text and write a new text (not a continuation).
+ENCODER_DECODERS = (Bart, XlmEncoderDecoder)
 
 
 def prompt_ids(model: nn.Module, tokenizer, text: str) -> list[int]:
-    """The token ids a prompt is fed as: BART's source is [bos] text [eos] (its denoising
-    inputs), XLM's causal streams open each sentence with </s>, GPT and GPT-2 documents with
-    [bos]."""
+    """The token ids a prompt is fed as: an encoder-decoder's source is [bos] text [eos] (its
+    training inputs), XLM's causal streams open each sentence with </s>, GPT and GPT-2
+    documents with [bos]."""
     ids = tokenizer.encode(text)
-    if isinstance(model, Bart):
+    if isinstance(model, ENCODER_DECODERS):
         return [tokenizer.bos_id, *ids, tokenizer.eos_id]
     if isinstance(model, Xlm):
         return [tokenizer.eos_id, *ids]
@@ -26,8 +30,10 @@ def prompt_ids(model: nn.Module, tokenizer, text: str) -> list[int]:
 
 def generate_text(model: nn.Module, params: Any, tokenizer, prompts: Sequence[str],
                   options: GenerationOptions, language_id: int = 0,
+                  target_language_id: int = 0,
                   stream: Callable[[str], None] | None = None) -> list[str]:
-    """Each prompt continued (decoder-only: prompt + continuation; BART: its output text).
+    """Each prompt continued (decoder-only: prompt + continuation; an encoder-decoder: its
+    output text). XLM's language ids: the prompt's, and the output's (translation model).
 
     `stream`, for a single prompt, is called with each new piece of text as it is decoded.
     """
@@ -37,11 +43,12 @@ def generate_text(model: nn.Module, params: Any, tokenizer, prompts: Sequence[st
     encoded = [prompt_ids(model, tokenizer, text) for text in prompts]
     on_tokens = None
     if stream is not None and len(prompts) == 1:
-        on_tokens = _TextStream(tokenizer, [] if isinstance(model, Bart) else encoded[0][1:],
-                                stream)
+        on_tokens = _TextStream(
+            tokenizer, [] if isinstance(model, ENCODER_DECODERS) else encoded[0][1:], stream)
     new = generate_ids(model, params, encoded, options, eos_id=tokenizer.eos_id,
-                       pad_id=tokenizer.pad_id, language_id=language_id, stream=on_tokens)
-    if isinstance(model, Bart):  # the output opens with the bos of its training targets
+                       pad_id=tokenizer.pad_id, language_id=language_id,
+                       target_language_id=target_language_id, stream=on_tokens)
+    if isinstance(model, ENCODER_DECODERS):  # the output opens with its targets' bos
         texts = [tokenizer.decode([t for t in ids if t != tokenizer.bos_id]) for ids in new]
     else:
         texts = [tokenizer.decode(ids[1:] + continuation)

@@ -371,6 +371,23 @@ def _language_index(config: ml_collections.ConfigDict, language: str) -> int:
     return languages.index(language)
 
 
+def task_languages(config: ml_collections.ConfigDict, task: Task, language: str = ""
+                   ) -> tuple[str, int, int]:
+    """(the language `task` is read in, XLM's id of it, XLM's id of a translation's output
+    language; ids 0 on other architectures). The language is `language`, else
+    config.task.language, else the task's first ('en' for a task without languages)."""
+    language = language or config.task.language or (
+        task.languages[0] if task.languages else "en")
+    if task.name == "xnli" and language not in task.languages:
+        raise ValueError(f"config.task.language={language!r} is not an XNLI language; use one "
+                         f"of {task.languages}.")
+    if config.model.arch != "xlm":
+        return language, 0, 0
+    target = (_language_index(config, task.languages[1])
+              if task.kind == "seq2seq" and len(task.languages) == 2 else 0)
+    return language, _language_index(config, language), target
+
+
 def task_source(config: ml_collections.ConfigDict, split: str) -> Sequence[Mapping[str, Any]]:
     """The random-access examples of `split` of task config.task.name, indexed as the rows'
     example_index (config.data's data_dir; the dataset is the task's)."""
@@ -421,15 +438,7 @@ def finetune_rows(
     if arch not in KIND_ARCHS.get(task.kind, ARCHS):
         raise ValueError(f"Task {task.name!r} ({task.kind}) needs one of "
                          f"{KIND_ARCHS[task.kind]}, not config.model.arch={arch!r}.")
-    language = config.task.language or (task.languages[0] if task.languages else "en")
-    if task.name == "xnli" and language not in task.languages:
-        raise ValueError(f"config.task.language={language!r} is not an XNLI language; use one "
-                         f"of {task.languages}.")
-    lang_id = target_lang_id = 0
-    if arch == "xlm":
-        lang_id = _language_index(config, language)
-        if task.kind == "seq2seq" and len(task.languages) == 2:
-            target_lang_id = _language_index(config, task.languages[1])
+    language, lang_id, target_lang_id = task_languages(config, task)
 
     source = task_source(config, split)
     if len(source) < max(process_count, task.num_labels if task.kind == "multiple_choice" else 1):
