@@ -7,6 +7,7 @@ default 0.02 init would make every logit near zero and hide mistakes).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -18,6 +19,7 @@ from flax import traverse_util
 from textgen_jax import models
 from textgen_jax.config import base_config
 from textgen_jax.decoding.generate import GenerationOptions, generate_ids, generator_for
+from textgen_jax.models.layers import stack_layers
 from textgen_jax.models.xlm_seq2seq import XlmEncoderDecoder
 
 VOCAB, PAD, EOS = 61, 0, 2
@@ -137,6 +139,18 @@ def test_masks_causality_and_languages(built):
     for source_lang, target_lang in ((1, 1), (0, 0)):
         moved = _full(model, params, SOURCES, targets, source_lang, target_lang)
         assert np.abs(moved[:, :3] - logits[:, :3]).max() > 1e-2, (source_lang, target_lang)
+
+
+def test_scanned_stacks_give_the_same_logits(built):
+    """config.model.scan_layers: both stacks as one nn.scan, the same weights stacked."""
+    model, params = built
+    scanned = model.clone(cfg=dataclasses.replace(model.cfg, scan_layers=True))
+    stacked = stack_layers(params)
+    targets = [[EOS, 1, 30, 31, 32], [EOS, 1, 7], [EOS, 1, 9, 10]]
+    expected = _full(model, params, SOURCES, targets)
+    got = _full(scanned, stacked, SOURCES, targets)
+    for row, ids in enumerate(targets):
+        np.testing.assert_allclose(got[row, :len(ids)], expected[row, :len(ids)], atol=1e-5)
 
 
 def test_cached_logits_equal_full_recomputation_at_every_step(built):
