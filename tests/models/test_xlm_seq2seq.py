@@ -221,3 +221,10 @@ def test_greedy_and_beam_search_through_generate_ids(built):
                      - _log_prob(model, params, source, greedy_ids,
                                  len(greedy_ids) < new_tokens))
     assert min(gains) > -1e-4 and max(gains) > 1e-3, gains
+
+
+def test_options_it_cannot_take_are_named():
+    config = base_config()
+    config.model.update(arch="xlm", encoder_decoder=True, num_labels=3)
+    with pytest.raises(ValueError, match="encoder_decoder=True .* num_labels=3"):
+        models.build_model(config.model, VOCAB)

@@ -55,6 +55,11 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int):
     cls, option_names = (ARCHITECTURES[model_config.arch],
                          ARCHITECTURE_OPTIONS.get(model_config.arch, ()))
     if is_encoder_decoder_xlm(model_config):
+        if model_config.num_labels or model_config.causal:
+            raise ValueError(
+                f"config.model.encoder_decoder=True (XLM's translation model, for seq2seq "
+                f"tasks) takes no num_labels={model_config.num_labels} or causal="
+                f"{model_config.causal}: set them to 0 and False, or encoder_decoder=False.")
         cls, option_names = XlmEncoderDecoder, XLM_ENCODER_DECODER_OPTIONS
     options = {name: model_config[name] for name in option_names}
     return cls(transformer_config(model_config, vocab_size), **options)
