@@ -7,6 +7,7 @@ hand-written XNLI examples whose premise and hypothesis exist in English, German
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from sklearn.metrics import accuracy_score
 import textgen_jax
 from textgen_jax import models
 from textgen_jax.finetune.pipelines import finetune_dataset
-from textgen_jax.finetune.presets import finetune_config
 from textgen_jax.finetune.tasks import in_language
 from textgen_jax.training.loop import train_and_evaluate
 
@@ -53,9 +53,24 @@ def _mock():
                                   as_data_source_fn=_xnli_examples)
 
 
+def _preset(arch: str):
+    spec = importlib.util.spec_from_file_location("finetune_xnli",
+                                                  CONFIGS / "finetune" / "xnli.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arch)
+
+
+def test_presets_evaluate_the_models_other_xnli_languages():
+    for arch, others in (("xlm-enfr_1024", ("fr",)), ("xlm", ()), ("bert", ())):
+        config = _preset(arch)
+        assert (config.task.name, config.task.language) == ("xnli", "en")
+        assert config.task.eval_languages == others, arch
+
+
 def _config(data_dir: str):
     """XNLI on a tiny XLM with a language embedding per language, trained in English."""
-    config = finetune_config(CONFIGS, "xnli", "xlm")
+    config = _preset("xlm")
     config.model.update(num_layers=1, d_model=32, num_heads=2, d_ff=64, max_len=64,
                         num_languages=len(LANGUAGES), dtype="float32")
     config.data.update(data_dir=data_dir, seq_len=32, global_batch_size=4,
