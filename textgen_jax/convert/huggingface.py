@@ -333,8 +333,12 @@ def params_from_state_dict(model_config: Mapping[str, Any], state: Mapping[str, 
 
 def state_dict_from_params(config: ml_collections.ConfigDict,
                            params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Their state dict (float32 numpy, tied tensors included) for our params."""
+    """Their state dict (float32 numpy, tied tensors included) for our params (per layer or
+    stacked by config.model.scan_layers: the tables name the per-layer view)."""
+    from textgen_jax.models.layers import unstack_layers
+
     m = config.model
+    params = unstack_layers(params)
     table = list(tables.TABLES[m.arch](m))
     state: dict[str, np.ndarray] = {}
     fused: dict[str, list] = {}

@@ -21,7 +21,7 @@ import numpy as np
 from textgen_jax.models.heads import ClassificationHead, gather_positions
 from textgen_jax.models.layers import (MLP, REMAT_POLICIES, Embed, LayerNorm, MultiHeadAttention,
                                        TransformerBlock, TransformerConfig, add_bias,
-                                       attention_mask, cached_attention_mask)
+                                       attention_mask, cached_attention_mask, layer_stack)
 
 # The reference's learned position table keeps two extra leading rows (a fairseq legacy of
 # padding_idx = 1): position p reads row p + 2.
@@ -97,15 +97,11 @@ class _Stack(nn.Module):
         x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="embed_norm")(x)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        for i in range(self.num_layers):
-            if self.is_decoder:
-                x = DecoderBlock(cfg, name=f"block_{i}")(x, encoded, mask, cross_mask,
-                                                         deterministic=deterministic,
-                                                         decode=decode)
-            else:
-                x = TransformerBlock(cfg, pre_norm=False, residual_init_std=cfg.init_std,
-                                     name=f"block_{i}")(x, mask, deterministic=deterministic)
-        return x
+        if self.is_decoder:
+            return layer_stack(DecoderBlock, self.num_layers, cfg.scan_layers, cfg=cfg)(
+                x, encoded, mask, cross_mask, deterministic, decode)
+        return layer_stack(TransformerBlock, self.num_layers, cfg.scan_layers, cfg=cfg,
+                           pre_norm=False, residual_init_std=cfg.init_std)(x, mask, deterministic)
 
 
 class Bart(nn.Module):

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from textgen_jax.models.heads import classifier, token_head_outputs
 from textgen_jax.models.layers import (DenseGeneral, Embed, LayerNorm, TransformerBlock,
-                                       TransformerConfig, activation_fn, add_bias, attention_mask)
+                                       TransformerConfig, activation_fn, add_bias, attention_mask,
+                                       layer_stack)
 
 NUM_NSP_CLASSES = 2  # class 0: B is A's true next segment, class 1: B is random (reference order)
 
@@ -84,9 +85,8 @@ class Bert(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
         mask = attention_mask(attention_ids, attention_ids, causal=False)
-        for i in range(cfg.num_layers):
-            x = TransformerBlock(cfg, pre_norm=False, residual_init_std=cfg.init_std,
-                                 name=f"block_{i}")(x, mask, deterministic=deterministic)
+        x = layer_stack(TransformerBlock, cfg.num_layers, cfg.scan_layers, cfg=cfg,
+                        pre_norm=False, residual_init_std=cfg.init_std)(x, mask, deterministic)
 
         pooled = jnp.tanh(DenseGeneral(
             cfg.d_model, kernel_axes=("embed", None), dtype=cfg.dtype,

@@ -13,7 +13,7 @@ import numpy as np
 
 from textgen_jax.models.heads import classifier, gather_positions
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
-                                       attention_mask, cached_attention_mask)
+                                       attention_mask, cached_attention_mask, layer_stack)
 
 
 class DecoderLM(nn.Module):
@@ -64,10 +64,9 @@ class DecoderLM(nn.Module):
         if self.scale_residual_init:
             # GPT-2 §2.3: residual projections scaled by 1/sqrt(N), N = 2 residual layers per block.
             residual_init_std /= np.sqrt(2 * cfg.num_layers)
-        for i in range(cfg.num_layers):
-            x = TransformerBlock(cfg, pre_norm=self.pre_norm, residual_init_std=residual_init_std,
-                                 name=f"block_{i}")(x, mask, deterministic=deterministic,
-                                                    decode=decode)
+        blocks = layer_stack(TransformerBlock, cfg.num_layers, cfg.scan_layers, cfg=cfg,
+                             pre_norm=self.pre_norm, residual_init_std=residual_init_std)
+        x = blocks(x, mask, deterministic, decode)
         if self.pre_norm:  # post-LN blocks already end in a LayerNorm
             x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="final_norm")(x)
         logits = nn.with_logical_constraint(token_embed.attend(x), ("batch", "length", "vocab"))

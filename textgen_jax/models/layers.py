@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -40,6 +41,7 @@ class TransformerConfig:
     dtype: jnp.dtype = jnp.float32
     activation: str = "gelu_tanh"  # gelu_tanh (GPT, GPT-2) | gelu (BERT, XLM, BART)
     remat: str = "none"  # none | full | save_dots: what each block keeps for the backward pass
+    scan_layers: bool = False  # one nn.scan over layer-stacked parameters (see layer_stack)
 
     @property
     def head_dim(self) -> int:
@@ -418,3 +420,102 @@ class TransformerBlock(nn.Module):
                 attention(x, mask, deterministic=deterministic, decode=decode)))
             x = norm(name="mlp_norm")(x + dropout(mlp(x, deterministic=deterministic)))
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+# The parameter subtree of a scanned stack, and the prefix of an unrolled stack's blocks.
+SCANNED_BLOCKS = "blocks"
+BLOCK_PREFIX = "block_"
+
+
+def layer_stack(block: type[nn.Module], num_layers: int, scan: bool,
+                **block_fields) -> Callable[..., Array]:
+    """The `num_layers` blocks of a stack as one function (x, *shared) -> x, to call inside the
+    caller's compact method (the blocks are its submodules).
+
+    x [batch, length, embed] is threaded through the blocks; `shared` (masks, the encoder's
+    output, the deterministic and decode flags) go unchanged to every block, positionally.
+    Unrolled (`scan=False`): submodules block_0 ... block_{n-1}, one parameter subtree each.
+    Scanned (config.model.scan_layers): one submodule 'blocks' applied by `nn.scan`, every
+    parameter stacked on a leading 'layers' axis [num_layers, ...], so the block is traced and
+    compiled once whatever the depth (as MaxText). A block's own remat applies inside the scan.
+    `unstack_layers` and `stack_layers` convert between the two parameter trees.
+    """
+    if not scan:
+        blocks = [block(name=f"{BLOCK_PREFIX}{i}", **block_fields) for i in range(num_layers)]
+
+        def unrolled(x: Array, *shared) -> Array:
+            for layer in blocks:
+                x = layer(x, *shared)
+            return x
+        return unrolled
+    scanned = nn.scan(_scan_body(block), variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                      length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(
+        name=SCANNED_BLOCKS, **block_fields)
+    return lambda x, *shared: scanned(x, *shared)[0]
+
+
+@functools.cache
+def _scan_body(block: type[nn.Module]) -> type[nn.Module]:
+    """`block` as nn.scan's body: (carry, *broadcast) -> (carry, no per-layer output)."""
+    def __call__(self, x: Array, *shared) -> tuple[Array, None]:
+        return block.__call__(self, x, *shared), None
+    return type(f"Scanned{block.__name__}", (block,), {"__call__": __call__})
+
+
+def unstack_layers(params: Any) -> Any:
+    """The per-layer view of a parameter tree: every scanned 'blocks' subtree (leaves
+    [num_layers, ...]) becomes block_0 ... block_{n-1} (leaves [...]); the rest is kept.
+
+    The layout decoding (KV cache), the Hugging Face tables and init_from read; a tree without
+    scanned stacks is returned as is.
+    """
+    if not isinstance(params, Mapping):
+        return params
+    out = {}
+    for key, value in params.items():
+        if key == SCANNED_BLOCKS:
+            num_layers = jax.tree.leaves(value)[0].shape[0]
+            for i in range(num_layers):
+                out[f"{BLOCK_PREFIX}{i}"] = jax.tree.map(lambda leaf, i=i: _layer(leaf, i), value)
+        else:
+            out[key] = unstack_layers(value)
+    return out
+
+
+def stack_layers(params: Any) -> Any:
+    """The inverse of `unstack_layers`: block_0 ... block_{n-1} of every stack become one
+    'blocks' subtree whose leaves are stacked on a new leading axis [num_layers, ...]."""
+    if not isinstance(params, Mapping):
+        return params
+    blocks = sorted((key for key in params if key.startswith(BLOCK_PREFIX)),
+                    key=lambda key: int(key[len(BLOCK_PREFIX):]))
+    out = {key: stack_layers(value) for key, value in params.items() if key not in blocks}
+    if blocks:
+        out[SCANNED_BLOCKS] = jax.tree.map(lambda *layers: _stack(layers),
+                                           *(params[key] for key in blocks))
+    return out
+
+
+def _layer(leaf: Any, i: int) -> Any:
+    """Layer i of a stacked array (or of its ShapeDtypeStruct)."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+    return leaf[i]
+
+
+def _stack(layers: Sequence[Any]) -> Any:
+    """Per-layer arrays (numpy stays numpy; or their ShapeDtypeStructs) stacked on axis 0."""
+    first = layers[0]
+    if isinstance(first, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(layers), *first.shape), first.dtype)
+    return (np.stack if isinstance(first, np.ndarray) else jnp.stack)(layers)
+
+
+def unscanned(model: nn.Module, params: Any) -> tuple[nn.Module, Any]:
+    """(model with its layers unrolled, params viewed per layer) for a scanned model; a model
+    without scan_layers and its params unchanged. Decoding runs its KV cache this way."""
+    if not model.cfg.scan_layers:
+        return model, params
+    return (model.clone(cfg=dataclasses.replace(model.cfg, scan_layers=False)),
+            unstack_layers(params))
