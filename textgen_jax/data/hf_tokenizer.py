@@ -15,6 +15,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from etils import epath
+
 HF_TOKENIZER_FILENAME = "tokenizer.json"
 
 # Role -> spellings, in order of preference.
@@ -53,7 +55,7 @@ class HFTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HFTokenizer:
-        return cls(Path(path).read_text(encoding="utf-8"))
+        return cls(epath.Path(path).read_text(encoding="utf-8"))  # a gs:// workdir's too
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)

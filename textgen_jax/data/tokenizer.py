@@ -1,4 +1,5 @@
-"""Sentencepiece tokenizers trained by the stack and saved in the workdir.
+"""Sentencepiece tokenizers trained by the stack and saved in the workdir (through
+etils.epath, so a workdir may be a gs:// URI).
 
 Fixed ids: pad 0, unk 1, bos 2, eos 3, then the user-defined symbols in this order: '<mask>',
 '<sep>', '<cls>', a newline piece, one '<lang:xx>' per configured language. They are
@@ -16,10 +17,10 @@ import io
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 
 import ml_collections
 import sentencepiece as spm
+from etils import epath
 
 from textgen_jax.config import DEFAULT_SPECIAL_SYMBOLS
 
@@ -56,14 +57,14 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        return cls(Path(path).read_bytes())
+        return cls(epath.Path(path).read_bytes())
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the model atomically: a crash never leaves a truncated file at `path`."""
-        path = Path(path)
+        path = epath.Path(path)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temporary.write_bytes(self._model_proto)
-        os.replace(temporary, path)
+        temporary.replace(path)
 
     def __getstate__(self) -> bytes:
         return self._model_proto
@@ -205,12 +206,12 @@ def load_or_train_tokenizer(
     """
     from textgen_jax.data.hf_tokenizer import HF_TOKENIZER_FILENAME, HFTokenizer
 
-    if (Path(workdir) / HF_TOKENIZER_FILENAME).exists():  # an imported checkpoint's own
-        return HFTokenizer.load(Path(workdir) / HF_TOKENIZER_FILENAME)
-    path = Path(workdir) / TOKENIZER_FILENAME
+    if (epath.Path(workdir) / HF_TOKENIZER_FILENAME).exists():  # an imported checkpoint's own
+        return HFTokenizer.load(epath.Path(workdir) / HF_TOKENIZER_FILENAME)
+    path = epath.Path(workdir) / TOKENIZER_FILENAME
     model_file = config.tokenizer.model_file
     if path.exists():
-        if model_file and Path(model_file).read_bytes() != path.read_bytes():
+        if model_file and epath.Path(model_file).read_bytes() != path.read_bytes():
             raise ValueError(
                 f"config.tokenizer.model_file={model_file!r} differs from {path}, the tokenizer "
                 "this workdir was started with; use a new --workdir, or delete the workdir's "
@@ -227,7 +228,7 @@ def load_or_train_tokenizer(
         return Tokenizer.load(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if model_file:
-        if not Path(model_file).is_file():
+        if not epath.Path(model_file).is_file():
             raise FileNotFoundError(f"config.tokenizer.model_file={model_file!r} does not exist; "
                                     "give a sentencepiece .model file, or '' to train one.")
         tokenizer = Tokenizer.load(model_file)
@@ -247,7 +248,7 @@ def load_tokenizer(workdir: str | os.PathLike):
     """The workdir's tokenizer: an imported tokenizer.json, else our tokenizer.model."""
     from textgen_jax.data.hf_tokenizer import HF_TOKENIZER_FILENAME, HFTokenizer
 
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     if (workdir / HF_TOKENIZER_FILENAME).exists():
         return HFTokenizer.load(workdir / HF_TOKENIZER_FILENAME)
     if not (workdir / TOKENIZER_FILENAME).exists():

@@ -3,6 +3,9 @@
 Each checkpoint is a composite of items, so `textgen_jax.load` restores the params alone.
 Restoring always passes abstract arrays carrying the target shardings, so a checkpoint written
 on one topology restores on any other (256 chips -> one CPU and back).
+
+Every workdir path goes through `workdir_path` (etils.epath), as Orbax's own do, so a workdir
+may be a gs:// (or other fsspec/epath) URI as well as a local directory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from textgen_jax import data as data_lib
 from textgen_jax.config import ConfigError
@@ -26,11 +30,18 @@ CONFIG_FILE = "config.json"
 SHAPE_KEYS = ("arch", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size")
 
 
-def manager(workdir: str, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+    """The workdir as an etils.epath.Path: a local directory made absolute, or a URI
+    (gs://bucket/run) kept as it is. Every file of a workdir is read and written through it."""
+    path = epath.Path(workdir)
+    return path if path.is_absolute() else path.absolute()
+
+
+def manager(workdir: str | os.PathLike, keep: int = 3,
+            async_save: bool = True) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-                                 options=options)
+    return ocp.CheckpointManager(workdir_path(workdir) / CHECKPOINT_DIR, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, config: ml_collections.ConfigDict,
@@ -71,13 +82,12 @@ def restore_params_from(mngr: ocp.CheckpointManager, step: int, abstract_params:
     return restored["params"]
 
 
-def best_manager(workdir: str, metric: str) -> ocp.CheckpointManager:
+def best_manager(workdir: str | os.PathLike, metric: str) -> ocp.CheckpointManager:
     """Keeps one params checkpoint in workdir/best: the one of the highest `metric`."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, best_fn=lambda metrics: metrics[metric], best_mode="max",
         keep_checkpoints_without_metrics=False, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), BEST_DIR),
-                                 options=options)
+    return ocp.CheckpointManager(workdir_path(workdir) / BEST_DIR, options=options)
 
 
 def save_best(mngr: ocp.CheckpointManager, step: int, params: Any,
@@ -89,49 +99,49 @@ def save_best(mngr: ocp.CheckpointManager, step: int, params: Any,
               metrics=metrics, force=True)
 
 
-def restore_params(workdir: str, abstract_params: Any, step: int | None = None,
+def restore_params(workdir: str | os.PathLike, abstract_params: Any, step: int | None = None,
                    best: bool = False) -> tuple[Any, int]:
     """Only the params of the latest (or given) checkpoint in `workdir`, on the target
     shardings; with `best`, those kept in workdir/best by a fine-tuning task's metric."""
     if best:
-        if not os.path.isdir(os.path.join(workdir, BEST_DIR)):
-            raise FileNotFoundError(f"{os.path.join(workdir, BEST_DIR)} not found: only a "
-                                    "fine-tuning run (config.task.name) keeps a best checkpoint.")
-        mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), BEST_DIR))
+        best_dir = workdir_path(workdir) / BEST_DIR
+        if not best_dir.is_dir():
+            raise FileNotFoundError(f"{best_dir} not found: only a fine-tuning run "
+                                    "(config.task.name) keeps a best checkpoint.")
+        mngr = ocp.CheckpointManager(best_dir)
     else:
         mngr = manager(workdir)
     step = mngr.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; "
+        raise FileNotFoundError(f"no checkpoint in {workdir_path(workdir) / CHECKPOINT_DIR}; "
                                 "train first (textgen-jax train --workdir ...).")
     params = restore_params_from(mngr, step, abstract_params)
     mngr.close()
     return params, step
 
 
-def read_config(workdir: str) -> dict[str, Any] | None:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+def read_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    path = workdir_path(workdir) / CONFIG_FILE
+    if not path.exists():
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def write_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
     """Writes the resolved config atomically (process 0 only)."""
     if jax.process_index() != 0:
         return
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=list)
-    os.replace(tmp, path)
+    path = workdir_path(workdir) / CONFIG_FILE
+    temporary = path.with_name(CONFIG_FILE + ".tmp")
+    temporary.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list),
+                         encoding="utf-8")
+    temporary.replace(path)
 
 
-def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
     """Errors when the workdir's checkpoints are of another architecture or size."""
     saved = read_config(workdir)
-    if saved is None or not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    if saved is None or not (workdir_path(workdir) / CHECKPOINT_DIR).is_dir():
         return
     # vocab_size 0 means "the tokenizer's size", known only once the tokenizer is loaded.
     keys = [key for key in SHAPE_KEYS if not (key == "vocab_size" and config.model[key] == 0)]

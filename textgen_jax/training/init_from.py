@@ -8,7 +8,6 @@ transformers' `from_pretrained` does.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -98,22 +97,20 @@ def check_tokenizer(workdir: str, init_from: str) -> None:
     from textgen_jax.data.tokenizer import TOKENIZER_FILENAME
 
     for name in (TOKENIZER_FILENAME, HF_TOKENIZER_FILENAME):
-        source = os.path.join(init_from, name)
-        target = os.path.join(workdir, name)
-        if not os.path.exists(source):
+        source = checkpoint.workdir_path(init_from) / name
+        target = checkpoint.workdir_path(workdir) / name
+        if not source.exists():
             continue
-        with open(source, "rb") as f:
-            wanted = f.read()
-        if os.path.exists(target):
-            with open(target, "rb") as f:
-                if f.read() != wanted:
-                    raise ConfigError(f"{target} differs from {source}: a fine-tuned model must "
-                                      "read the ids it was pretrained on; use a new --workdir.")
+        wanted = source.read_bytes()
+        if target.exists():
+            if target.read_bytes() != wanted:
+                raise ConfigError(f"{target} differs from {source}: a fine-tuned model must "
+                                  "read the ids it was pretrained on; use a new --workdir.")
         elif jax.process_index() == 0:
-            os.makedirs(workdir, exist_ok=True)
-            with open(target + ".tmp", "wb") as f:
-                f.write(wanted)
-            os.replace(target + ".tmp", target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(name + ".tmp")
+            temporary.write_bytes(wanted)
+            temporary.replace(target)
 
 
 def start_from_pretrained(state: Any, config: ml_collections.ConfigDict, tx: Any,

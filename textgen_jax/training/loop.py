@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import signal
 import time
 from typing import Any
@@ -108,7 +107,7 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`; returns the final train and eval metrics."""
     config_lib.validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    checkpoint.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
     checkpoint.check_compatible(workdir, config)
     log = metrics_lib.log_info
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import IO, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 # Dense peak FLOP/s per chip for MFU, by device kind substring (bfloat16 / float32).
 _ACCELERATOR_PEAK_FLOPS = {
@@ -20,16 +21,51 @@ _ACCELERATOR_PEAK_FLOPS = {
 }
 
 
-class MetricsWriter:
-    """Appends metrics to workdir/metrics.jsonl and TensorBoard events (process 0 only)."""
+def _append_to(path: epath.Path) -> IO[str]:
+    """A text handle that appends to `path`. An object store (gs://) has no append: there
+    the file is rewritten with what it held, and the new lines land when it is closed."""
+    if "://" not in os.fspath(path) or not path.exists():
+        return path.open("a", encoding="utf-8")
+    previous = path.read_text(encoding="utf-8")
+    handle = path.open("w", encoding="utf-8")
+    handle.write(previous)
+    return handle
 
-    def __init__(self, workdir: str, enabled: bool = True):
+
+class _RecordFile:
+    """write, flush and close of a binary handle, and no fileno: tensorboardX fsyncs any
+    handle that has one, which an fsspec (gs://) file refuses."""
+
+    def __init__(self, handle: IO[bytes]):
+        self.write, self.flush, self.close = handle.write, handle.flush, handle.close
+
+
+class _EpathRecordFiles:
+    """tensorboardX's event-file factory for a URI scheme: through etils.epath, like every
+    other workdir file (tensorboardX's own gs:// writer would need google-cloud-storage)."""
+
+    def open(self, path: str) -> _RecordFile:
+        return _RecordFile(epath.Path(path).open("wb"))
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+class MetricsWriter:
+    """Appends metrics to workdir/metrics.jsonl and TensorBoard events (process 0 only);
+    both go through etils.epath, so the workdir may be a gs:// URI."""
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
         self.enabled = enabled
         self._tensorboard = None
         if enabled:
-            from tensorboardX import SummaryWriter
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-            self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            from tensorboardX import SummaryWriter, record_writer
+            workdir = epath.Path(workdir)
+            scheme = os.fspath(workdir).split("://")[0] if "://" in os.fspath(workdir) else ""
+            if scheme:
+                record_writer.register_writer_factory(scheme, _EpathRecordFiles())
+            self._jsonl = _append_to(workdir / "metrics.jsonl")
+            self._tensorboard = SummaryWriter(os.fspath(workdir / "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, Any], split: str) -> None:
         if not self.enabled:
