@@ -10,6 +10,7 @@ import pytest
 from textgen_jax.config import validate
 from textgen_jax.finetune.pipelines import finetune_dataset
 from textgen_jax.finetune.tasks import get_task
+from textgen_jax.objectives import objective_for
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 
@@ -25,7 +26,7 @@ def _get_config(name: str, arch: str):
     ("docstring_kind", "bert"), ("docstring_kind", "gpt"), ("docstring_kind", "gpt2"),
     ("docstring_kind", "xlm"), ("docstring_kind", "bart"), ("sst2", "bert-base"),
     ("sst2", "gpt"), ("squad", "bert-base"), ("squad", "xlm"), ("cnn_dailymail", "bart-base"),
-    ("cnn_dailymail", "gpt2"),
+    ("cnn_dailymail", "gpt2"), ("conll2003", "bert-base"), ("conll2003", "xlm"),
 ])
 def test_presets_resolve_to_their_task(name, arch):
     config = _get_config(name, arch)
@@ -34,8 +35,9 @@ def test_presets_resolve_to_their_task(name, arch):
     assert config.model.arch == arch.split("-")[0]
     assert config.data.dataset == task.dataset
     assert config.data.train_split in task.splits and config.data.eval_split in task.splits
-    if task.kind == "classification":
+    if task.kind in ("classification", "token_classification"):
         assert config.model.num_labels == task.num_labels
+    objective_for(config)  # the model the preset builds fits the task (its head, its labels)
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt", "gpt2", "xlm", "bart"])

@@ -151,5 +151,8 @@ def test_a_model_without_the_tasks_head_is_an_error():
         finetune_objective(_task_config("squad", "gpt2", "question_answering"))
     with pytest.raises(ConfigError, match="num_labels=3: set --config.model.num_labels=9"):
         finetune_objective(_task_config("conll2003", "xlm", "token_classification", 3))
+    with pytest.raises(ConfigError, match="head='question_answering' is a per-token head, but "
+                                          "config.task.name='glue/sst2' is classification"):
+        finetune_objective(_task_config("glue/sst2", "bert", "question_answering", 2))
     with pytest.raises(ValueError, match="config.model.head='qa': use '' .* or one of"):
         Bert(CFG, head="qa").init(jax.random.key(0), *Bert(CFG).example_inputs(4))

@@ -99,7 +99,12 @@ _FINETUNE_PIECES = {"bert": ("<cls>", "<sep>"), "gpt": ("<sep>",), "gpt2": ("<se
 def check_head(config: ml_collections.ConfigDict, task) -> None:
     """Raises unless config.model.num_labels is the head size the task's labels need: its
     classes (tags), 1 for a score or for multiple choice (a score per choice). QA and seq2seq
-    have heads of their own and read no num_labels."""
+    have heads of their own and read no num_labels. A per-token head (config.model.head) is
+    only for token classification and QA (finetune_tokens.py checks which)."""
+    if config.model.head and task.kind not in ("token_classification", "extractive_qa"):
+        raise ConfigError(f"config.model.head={config.model.head!r} is a per-token head, but "
+                          f"config.task.name={task.name!r} is {task.kind}: set "
+                          "--config.model.head=''.")
     if task.kind in ("extractive_qa", "seq2seq"):
         return
     if task.kind == "multiple_choice":
