@@ -73,7 +73,9 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
              mesh, predict=None) -> dict[str, float]:
     """Loss, perplexity and accuracy over the first config.train.eval_batches batches of the
     validation split (read in order, so every evaluation sees the same tokens), and a
-    fine-tuning task's metrics (`predict` from make_predict_step, built here when None)."""
+    fine-tuning task's metrics (`predict` from make_predict_step, built here when None); for
+    each of config.task.eval_languages, its loss and metrics in that language as
+    <name>_<language>."""
     objective = objectives.objective_for(config)
     dataset = partitioning.process_dataset(objective.dataset, config, tokenizer,
                                            config.data.eval_split, shuffle=False, repeat=True)
