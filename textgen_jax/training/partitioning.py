@@ -3,7 +3,9 @@
 Parameters and activations are annotated with logical names in the models; these rules decide
 where each lands. The first rule whose mesh axes are still free wins (flax semantics), so for an
 activation ('batch', 'length', 'embed') 'batch' takes data+fsdp and 'embed' stays unsharded,
-while a parameter ('vocab', 'embed') is split over tensor and fsdp.
+while a parameter ('vocab', 'embed') is split over tensor and fsdp. Under FSDP, what the rules
+leave whole on 'fsdp' (biases over heads, mlp or vocab) is then split along a dimension that the
+fsdp size divides (`logical_shardings`), so every parameter takes 1/fsdp of its bytes.
 """
 
 from __future__ import annotations
@@ -122,10 +124,36 @@ def process_dataset(dataset_fn, config: ml_collections.ConfigDict, tokenizer, sp
     return mixed.map(lambda batch: {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()})
 
 
+def _split_over_fsdp(spec: PartitionSpec, shape: tuple[int, ...],
+                     mesh: Mesh) -> PartitionSpec:
+    """`spec` with 'fsdp' added on the largest dimension of `shape` that it divides, when the
+    rules left the array whole on 'fsdp' (biases over heads, mlp or vocab; the 'layers' axis
+    of scanned stacks); unchanged when no dimension divides (as MaxText and T5X shard)."""
+    fsdp = mesh.shape["fsdp"]
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    as_tuples = [() if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+                 for entry in entries]
+    if fsdp == 1 or any("fsdp" in axes for axes in as_tuples):
+        return spec
+    local = [size // math.prod(mesh.shape[axis] for axis in axes)
+             for size, axes in zip(shape, as_tuples)]
+    candidates = [dim for dim in range(len(shape)) if local[dim] % fsdp == 0]
+    if not candidates:
+        return spec
+    dim = max(candidates, key=lambda d: local[d])
+    entries[dim] = as_tuples[dim] + ("fsdp",) if as_tuples[dim] else "fsdp"
+    return PartitionSpec(*entries)
+
+
 def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
-    """NamedShardings for a tree of nn.LogicallyPartitioned values (unannotated = replicated)."""
-    specs = nn.get_partition_spec(boxed_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+    """NamedShardings for a tree of nn.LogicallyPartitioned values (unannotated = replicated
+    by the rules). Under FSDP every array with a dimension that the fsdp size divides is split
+    over 'fsdp', so parameters and optimizer state take 1/fsdp of their bytes per device."""
+    is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+    specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_tree), LOGICAL_AXIS_RULES)
+    specs = jax.tree.map(lambda spec, leaf: _split_over_fsdp(spec, leaf.shape, mesh), specs,
+                         nn.meta.unbox(boxed_tree), is_leaf=is_spec)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=is_spec)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
