@@ -121,9 +121,9 @@ def test_scanned_checkpoint_exports_and_initialises_unrolled(tmp_path, tiny_run)
     import transformers
 
     import textgen_jax
-    from textgen_jax.config import base_config
+    from textgen_jax.config import ConfigError, base_config
     from textgen_jax.convert.workdir import export_workdir
-    from textgen_jax.training import init_from
+    from textgen_jax.training import checkpoint, init_from
 
     workdir = tmp_path / "scanned"
     tiny_run(workdir, "--config.model.scan_layers=True", "--config.model.num_layers=3",
@@ -143,6 +143,9 @@ def test_scanned_checkpoint_exports_and_initialises_unrolled(tmp_path, tiny_run)
     config = base_config()
     config.model.update(loaded.config.model.to_dict())
     config.model.scan_layers = False
+    # Resuming the scanned checkpoints unrolled is a clear error, not a failed restore.
+    with pytest.raises(ConfigError, match="scan_layers"):
+        checkpoint.check_compatible(workdir, config)
     model = models.build_model(config.model, config.model.vocab_size)
     initialised = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), models.param_shapes(model))
     merged, new, dropped = init_from.merge_pretrained(config, initialised, str(workdir))

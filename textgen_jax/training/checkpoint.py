@@ -21,13 +21,15 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from textgen_jax import data as data_lib
-from textgen_jax.config import ConfigError
+from textgen_jax.config import ConfigError, base_config
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"  # the params of the best evaluation by a fine-tuning task's metric
 CONFIG_FILE = "config.json"
-# The keys of config.model whose change makes old parameters unusable.
-SHAPE_KEYS = ("arch", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size")
+# The keys of config.model whose change makes old parameters unusable (scan_layers: the
+# layout of the parameter tree, per layer or stacked).
+SHAPE_KEYS = ("arch", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size",
+              "scan_layers")
 
 
 def workdir_path(workdir: str | os.PathLike) -> epath.Path:
@@ -145,9 +147,11 @@ def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDi
         return
     # vocab_size 0 means "the tokenizer's size", known only once the tokenizer is loaded.
     keys = [key for key in SHAPE_KEYS if not (key == "vocab_size" and config.model[key] == 0)]
-    differences = [f"config.model.{key}: checkpoint {saved['model'].get(key)!r}, "
+    # A key that an older workdir's config lacks had today's default.
+    saved_model = {**base_config().model.to_dict(), **saved["model"]}
+    differences = [f"config.model.{key}: checkpoint {saved_model.get(key)!r}, "
                    f"now {config.model[key]!r}"
-                   for key in keys if saved["model"].get(key) != config.model[key]]
+                   for key in keys if saved_model.get(key) != config.model[key]]
     if differences:
         raise ConfigError(
             f"workdir {workdir} holds checkpoints of another model ("
