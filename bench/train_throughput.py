@@ -5,6 +5,12 @@ framework and dtype (the MFU denominator), and a `comparison` line per case:
 
     .venv/bin/python bench/train_throughput.py
     .venv/bin/python bench/train_throughput.py --cases train_gpt2_bench --steps 20 --no-transformers
+
+`--compile-depths 2,8,32` instead times the train step's compilation (nothing runs) at each depth,
+unrolled and with config.model.scan_layers, one `compile` line each with its ratio to the
+shallowest depth of the same layout and to the unrolled layout at the same depth:
+
+    .venv/bin/python bench/train_throughput.py --cases train_gpt2_bench --compile-depths 2,8,32
 """
 
 from __future__ import annotations
@@ -99,14 +105,8 @@ def jax_matmul_gflops(dtype: str) -> dict:
                          time_steps(lambda: jax.block_until_ready(matmul(a, b)), 3, 10))
 
 
-def jax_train(name: str, case: dict, dtype: str, steps: int, matmul_gflops: float) -> dict:
-    import jax
-
+def jax_config(case: dict, dtype: str):
     from textgen_jax import config as config_lib
-    from textgen_jax.models import build_model
-    from textgen_jax.objectives import clm_loss_fn
-    from textgen_jax.training import optimizer, partitioning
-    from textgen_jax.training import steps as steps_lib
 
     c = config_lib.base_config()
     for key in ("num_layers", "d_model", "num_heads", "d_ff", "max_len"):
@@ -114,6 +114,54 @@ def jax_train(name: str, case: dict, dtype: str, steps: int, matmul_gflops: floa
     c.model.arch, c.model.dtype = "gpt2", dtype
     c.optim.update(OPTIM, warmup_steps=0, decay="constant", clip_norm=0.0)
     c.data.seq_len, c.data.global_batch_size = case["seq_len"], case["batch"]
+    return c
+
+
+def jax_compile_seconds(case: dict, dtype: str, num_layers: int, scan_layers: bool) -> float:
+    """Seconds to lower and compile the train step of `case` with `num_layers` blocks."""
+    import jax
+
+    from textgen_jax.models import build_model
+    from textgen_jax.objectives import clm_loss_fn
+    from textgen_jax.training import optimizer, partitioning
+    from textgen_jax.training import steps as steps_lib
+
+    c = jax_config(case, dtype)
+    c.model.num_layers, c.model.scan_layers = num_layers, scan_layers
+    mesh = partitioning.make_mesh(c.mesh)
+    model = build_model(c.model, case["vocab"])
+    tx = optimizer.make_optimizer(c.optim, 10)
+    _, abstract_state, shardings = steps_lib.state_shardings(model, tx, case["seq_len"], mesh)
+    train_step = steps_lib.jit_train_step(
+        steps_lib.make_train_step(model, clm_loss_fn, tx), shardings, mesh)
+    ids = jax.ShapeDtypeStruct((case["batch"], case["seq_len"]), np.int32,
+                               sharding=partitioning.batch_sharding(mesh))
+    batch = {"inputs": ids, "segment_ids": ids, "positions": ids}
+    start = time.perf_counter()
+    with steps_lib.activate(mesh):
+        train_step.lower(abstract_state, batch, jax.random.key(0)).compile()
+    return time.perf_counter() - start
+
+
+def compile_records(name: str, case: dict, dtype: str, depths: list[int]) -> list[dict]:
+    seconds = {(depth, scan): jax_compile_seconds(case, dtype, depth, scan)
+               for depth in depths for scan in (False, True)}
+    return [{"name": f"compile_{name}", "framework": "textgen_jax", "dtype": dtype,
+             "num_layers": depth, "scan_layers": scan, "compile_s": round(value, 3),
+             "ratio_to_shallowest": round(value / seconds[(min(depths), scan)], 3),
+             "ratio_to_unrolled": round(value / seconds[(depth, False)], 3)}
+            for (depth, scan), value in seconds.items()]
+
+
+def jax_train(name: str, case: dict, dtype: str, steps: int, matmul_gflops: float) -> dict:
+    import jax
+
+    from textgen_jax.models import build_model
+    from textgen_jax.objectives import clm_loss_fn
+    from textgen_jax.training import optimizer, partitioning
+    from textgen_jax.training import steps as steps_lib
+
+    c = jax_config(case, dtype)
 
     mesh = partitioning.make_mesh(c.mesh)
     model = build_model(c.model, case["vocab"])
@@ -225,12 +273,21 @@ def main() -> None:
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated dtypes")
     parser.add_argument("--no-transformers", action="store_true",
                         help="skip the transformers baseline")
+    parser.add_argument("--compile-depths", default="",
+                        help="comma-separated depths: time compilation, unrolled and scanned")
     args = parser.parse_args()
     names = args.cases.split(",")
     unknown = [n for n in names if n not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}: choose from {', '.join(CASES)}")
     dtypes = args.dtypes.split(",")
+    if args.compile_depths:
+        depths = [int(depth) for depth in args.compile_depths.split(",")]
+        for name in names:
+            for dtype in dtypes:
+                for record in compile_records(name, CASES[name], dtype, depths):
+                    emit(record)
+        return
     with_torch = not args.no_transformers and transformers_available()
     cores = os.cpu_count()
     if with_torch:
