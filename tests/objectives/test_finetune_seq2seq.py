@@ -11,8 +11,10 @@ import optax
 import pytest
 
 from textgen_jax import models
+from textgen_jax.config import ConfigError, base_config
 from textgen_jax.decoding.generate import GenerationOptions
 from textgen_jax.finetune.pipelines import finetune_rows, references, task_source
+from textgen_jax.objectives import objective_for
 from textgen_jax.objectives.clm import cross_entropy_sums
 from textgen_jax.objectives.finetune_seq2seq import (NO_TOKEN, seq2seq_logits, seq2seq_loss_fn,
                                                      seq2seq_predict_fn, seq2seq_score_fn)
@@ -136,3 +138,15 @@ def test_a_model_trained_on_its_targets_decodes_them_with_rouge_1(task_config, s
     shuffled = dict(outputs, example_index=np.roll(outputs["example_index"], 1))
     assert seq2seq_score_fn(config, stdlib_tokenizer, "validation", shuffled,
                             metrics=("rouge1",))["rouge1"] < 1.0
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("label_smoothing", 1.0, r"config.task.label_smoothing=1.0 must lie in \[0, 1\)"),
+    ("num_beams", 0, r"config.task .*num_beams=0 must be >= 1"),
+])
+def test_bad_seq2seq_options_are_config_errors(key, value, message):
+    config = base_config()
+    config.model.arch, config.task.name = "bart", TASK
+    config.task[key] = value
+    with pytest.raises(ConfigError, match=message):
+        objective_for(config)
