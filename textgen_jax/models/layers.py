@@ -488,7 +488,8 @@ def stack_layers(params: Any) -> Any:
     'blocks' subtree whose leaves are stacked on a new leading axis [num_layers, ...]."""
     if not isinstance(params, Mapping):
         return params
-    blocks = sorted((key for key in params if key.startswith(BLOCK_PREFIX)),
+    blocks = sorted((key for key in params
+                     if key.startswith(BLOCK_PREFIX) and key[len(BLOCK_PREFIX):].isdigit()),
                     key=lambda key: int(key[len(BLOCK_PREFIX):]))
     out = {key: stack_layers(value) for key, value in params.items() if key not in blocks}
     if blocks:
