@@ -252,6 +252,24 @@ def test_logits_processors_equal_transformers_generate():
         assert len(bigrams) == len(set(bigrams))
 
 
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_repetition_penalty_ignores_left_padding(num_beams):
+    """The pad token is the short prompt's own first pick: were the left padding counted as
+    seen tokens, the penalty would push it down in the batch but not when the prompt is alone
+    (8 tokens, a whole prompt width: no padding)."""
+    _, model, params = _built("gpt2")
+    short = PROMPTS[0] + [40]
+    long = PROMPTS[2] + short
+    options = GenerationOptions(max_new_tokens=6, repetition_penalty=1e3, num_beams=num_beams)
+    pick = lambda prompts, pad: generate_ids(  # noqa: E731
+        model, params, prompts, options, eos_id=VOCAB + 1, pad_id=pad)
+    pad = pick([short], PAD)[0][0]
+    assert pad not in short
+    assert pick([long, short], pad) == [pick([long], pad)[0], pick([short], pad)[0]]
+    # The witness: the same token as a real prompt token is penalised away.
+    assert pick([[pad] + short], pad)[0][0] != pad
+
+
 def _compiles(run) -> int:
     """How many XLA compilations `run()` triggers."""
     events = []

@@ -306,13 +306,20 @@ def _sample_loop(generator, params, batch, rng, temperature, top_p, *, plan: _Pl
     return choose(state)[1][:, width:]
 
 
+def _per_beam(path, leaf) -> bool:
+    """Whether a cache leaf has one row per beam. Cross-attention caches (the projected source)
+    keep one row per prompt, which its beams share (MultiHeadAttention groups their queries)."""
+    names = {getattr(key, "key", None) for key in path}
+    return leaf.ndim > 0 and "cross_attention" not in names
+
+
 def _reorder_cache(cache, rows):
-    """The cache of the beams `rows` [batch * num_beams]; cross-attention caches (the encoder
-    output, equal across a row's beams) are left alone."""
-    def take(path, leaf):
-        names = {getattr(key, "key", None) for key in path}
-        return leaf if leaf.ndim == 0 or "cross_attention" in names else leaf[rows]
-    return jax.tree_util.tree_map_with_path(take, cache)
+    """The cache of the beams `rows` [batch * num_beams]."""
+    # jnp.take, not cache[rows]: XLA:CPU fuses it into the cache update that follows, where
+    # indexing adds two copies of every layer's keys and values per step.
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.take(leaf, rows, axis=0) if _per_beam(path, leaf) else leaf,
+        cache)
 
 
 @functools.partial(jax.jit, static_argnames=("generator", "plan"))
@@ -327,8 +334,9 @@ def _beam_loop(generator, params, batch, *, plan: _Plan):
     logits, cache = generator.start(params, batch, slots)
     # Start on one row per prompt, then copy each row's cache into its beams.
     expand = lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x  # noqa: E731
-    logits, cache, batch = expand(logits), jax.tree.map(expand, cache), jax.tree.map(expand,
-                                                                                   batch)
+    cache = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: expand(leaf) if _per_beam(path, leaf) else leaf, cache)
+    logits, batch = expand(logits), jax.tree.map(expand, batch)
     first = jnp.repeat(first, k)
     vocab = logits.shape[-1]
     history = jnp.concatenate([prompt, jnp.full((rows, plan.num_new), plan.pad_id, jnp.int32)],

@@ -287,6 +287,26 @@ def cached_attention_mask(module: nn.Module, segment_ids: Array) -> tuple[Array,
     return mask[:, None], start
 
 
+def _fold_group(x: Array, group: int) -> Array:
+    """[rows * group, heads, q_len, ...] -> [rows, heads, group * q_len, ...]: each group of
+    consecutive rows becomes more queries of one row."""
+    if group == 1:
+        return x
+    rows, heads = x.shape[0] // group, x.shape[1]
+    x = jnp.swapaxes(x.reshape(rows, group, *x.shape[1:]), 1, 2)
+    return x.reshape(rows, heads, group * x.shape[3], *x.shape[4:])
+
+
+def _unfold_group(x: Array, group: int) -> Array:
+    """The inverse of `_fold_group`: [rows, heads, group * q_len, ...] ->
+    [rows * group, heads, q_len, ...]."""
+    if group == 1:
+        return x
+    rows, heads = x.shape[:2]
+    x = jnp.swapaxes(x.reshape(rows, heads, group, x.shape[2] // group, *x.shape[3:]), 1, 2)
+    return x.reshape(rows * group, heads, *x.shape[3:])
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head dot-product attention; keys/values from `kv` (cross-attention) or x.
 
@@ -294,7 +314,9 @@ class MultiHeadAttention(nn.Module):
     cache_len, kv], sized by the `init` call: self-attention writes each call's keys at the
     next slots and attends over the whole cache (the mask hides unwritten slots);
     cross-attention (`cross=True`) projects `kv` once, on the call that passes it, and later
-    calls pass kv=None to reuse it.
+    calls pass kv=None to reuse it. That cached source may hold fewer rows than x: each of its
+    rows then serves a group of consecutive rows of x (beam search keeps one source per prompt
+    for all its beams, and reads it once per step instead of once per beam).
     """
 
     cfg: TransformerConfig
@@ -328,11 +350,14 @@ class MultiHeadAttention(nn.Module):
                                       value if kv is not None else None)
 
         query = query / np.sqrt(cfg.head_dim).astype(cfg.dtype)
+        group = query.shape[0] // key.shape[0]  # rows of x per row of keys (> 1: shared source)
+        query, mask = _fold_group(query, group), _fold_group(mask, group)
         scores = einsum("bhqd,bhkd->bhqk", query, key, out_dtype=jnp.float32)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
         probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        out = jnp.swapaxes(einsum("bhqk,bhkd->bhqd", probs, value), 1, 2)
+        out = _unfold_group(einsum("bhqk,bhkd->bhqd", probs, value), group)
+        out = jnp.swapaxes(out, 1, 2)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return DenseGeneral(
             features=cfg.d_model, in_axes=2, kernel_axes=("heads", "kv", "embed"),
