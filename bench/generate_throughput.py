@@ -7,6 +7,7 @@ weight bytes, and the gpt2 batch-1 lines report the fraction of that bound reach
 
     .venv/bin/python bench/generate_throughput.py
     .venv/bin/python bench/generate_throughput.py --cases gen_gpt2_small --no-transformers
+    .venv/bin/python bench/generate_throughput.py --cases gen_bart_base --modes beam4 --runs 2
 """
 
 from __future__ import annotations
@@ -125,14 +126,23 @@ def jax_model(case: dict, dtype: str = "float32"):
     return model, params, sum(p.size for p in jax.tree.leaves(params))
 
 
-def jax_runs(name: str, case: dict, runs: int, dtype: str = "float32") -> list[dict]:
+def selected(case: dict, key: str, modes: list[str] | None) -> list[tuple[str, int]]:
+    """The (mode, batch) runs of case[key] whose mode is in `modes` (None: all)."""
+    return [(mode, batch) for mode, batch in case[key] if modes is None or mode in modes]
+
+
+def jax_runs(name: str, case: dict, runs: int, modes: list[str] | None,
+             dtype: str = "float32") -> list[dict]:
     import jax
 
     from textgen_jax.decoding import GenerationOptions, generate_ids
 
+    chosen = selected(case, "runs" if dtype == "float32" else "bf16_runs", modes)
+    if not chosen:
+        return []
     model, params, size = jax_model(case, dtype)
     records = []
-    for mode, batch in case["runs" if dtype == "float32" else "bf16_runs"]:
+    for mode, batch in chosen:
         ids = prompts(case, batch).tolist()
         options = GenerationOptions(max_new_tokens=case["new_tokens"],
                                     num_beams=4 if mode == "beam4" else 1)
@@ -152,7 +162,7 @@ def jax_runs(name: str, case: dict, runs: int, dtype: str = "float32") -> list[d
 
 # ---------------------------------------------------------------- transformers
 
-def torch_runs(name: str, case: dict, runs: int) -> list[dict]:
+def torch_runs(name: str, case: dict, runs: int, modes: list[str] | None) -> list[dict]:
     import torch
     import transformers
 
@@ -170,7 +180,7 @@ def torch_runs(name: str, case: dict, runs: int) -> list[dict]:
     model = model.eval()
     size = sum(p.numel() for p in model.parameters())
     records = []
-    for mode, batch in case["runs"]:
+    for mode, batch in selected(case, "runs", modes):
         ids = torch.from_numpy(prompts(case, batch))
         kwargs = dict(max_new_tokens=case["new_tokens"], min_new_tokens=case["new_tokens"],
                       do_sample=False, num_beams=4 if mode == "beam4" else 1, pad_token_id=0,
@@ -202,14 +212,18 @@ def main() -> None:
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--runs", type=int, default=TIMED_RUNS,
                         help="timed generate calls per case after the first (compile) call")
+    all_modes = sorted({mode for case in CASES.values()
+                        for mode, _ in case["runs"] + case["bf16_runs"]})
+    parser.add_argument("--modes", nargs="+", choices=all_modes,
+                        help="only these modes (default: all)")
     args = parser.parse_args()
     bandwidth = bandwidth_gb_s()
     emit(bandwidth)
     with_torch = not args.no_transformers and transformers_available()
     for name in args.cases:
         case = CASES[name]
-        ours = jax_runs(name, case, args.runs)
-        extra = jax_runs(name, case, args.runs, "bfloat16") if case["bf16_runs"] else []
+        ours = jax_runs(name, case, args.runs, args.modes)
+        extra = jax_runs(name, case, args.runs, args.modes, "bfloat16")
         for line in ours + extra:
             if line["batch"] == 1:  # every weight read once per token
                 weight_bytes = line["params"] * (4 if line["dtype"] == "float32" else 2)
@@ -220,7 +234,7 @@ def main() -> None:
                       "fraction_of_bound": round(line["new_tokens_per_s"] / bound, 3)})
         if not with_torch:
             continue
-        theirs = torch_runs(name, case, args.runs)
+        theirs = torch_runs(name, case, args.runs, args.modes) if ours else []
         for a, b in zip(ours, theirs):
             emit({"case": name, "comparison": "textgen_jax / transformers", "mode": a["mode"],
                   "batch": a["batch"], "textgen_jax_new_tokens_per_s": a["new_tokens_per_s"],
