@@ -332,7 +332,8 @@ def _beam_loop(generator, params, batch, *, plan: _Plan):
     rows, width = prompt.shape
     slots = width + plan.num_new
     logits, cache = generator.start(params, batch, slots)
-    # Start on one row per prompt, then copy each row's cache into its beams.
+    # Start on one row per prompt, then copy each row's cache into its beams (all but the
+    # projected source, which the beams share).
     expand = lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x  # noqa: E731
     cache = jax.tree_util.tree_map_with_path(
         lambda path, leaf: expand(leaf) if _per_beam(path, leaf) else leaf, cache)
