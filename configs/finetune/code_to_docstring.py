@@ -9,6 +9,15 @@ seq2seq task every generator runs with no dataset to fetch.
 Presets: bart, gpt, gpt2 (tiny; GPT/GPT-2 read `[bos] code [sep] docstring [eos]` and learn
 only the docstring's tokens), or arch-size such as bart-base. Label smoothing 0.1; evaluation
 decodes 4 batches of 16 with beam 4, at most 32 new tokens, no repeated trigram.
+
+Measured (2-core CPU shared with other jobs; 300 steps, 8-19 min), pretrained from
+runs/bart_tiny and runs/gpt2_tiny (800 steps of configs/<arch>.py:tiny) against the same
+command without init_from (the same tokenizer copied into the workdir first); best ROUGE-1
+over the evaluations at 0/100/200/300 steps, and the eval loss (label-smoothed) at 300:
+  bart  pretrained ROUGE-1 0.160 (ROUGE-L 0.140), loss 6.11; random 0.112 (0.109), loss 6.83
+  gpt2  pretrained ROUGE-1 0.139 (ROUGE-L 0.124), loss 5.79; random 0.107 (0.101), loss 6.64
+The tiny models write generic docstrings (BLEU ~0 for both); pretraining's margin is +0.05
+(BART) and +0.03 (GPT-2) ROUGE-1.
 """
 
 from pathlib import Path
