@@ -16,8 +16,8 @@ command without init_from (the same tokenizer copied into the workdir first); be
 over the evaluations at 0/100/200/300 steps, and the eval loss (label-smoothed) at 300:
   bart  pretrained ROUGE-1 0.160 (ROUGE-L 0.140), loss 6.11; random 0.112 (0.109), loss 6.83
   gpt2  pretrained ROUGE-1 0.139 (ROUGE-L 0.124), loss 5.79; random 0.107 (0.101), loss 6.64
-The tiny models write generic docstrings (BLEU ~0 for both); pretraining's margin is +0.05
-(BART) and +0.03 (GPT-2) ROUGE-1.
+BLEU stays near 0 for both at this size; pretraining's margin is +0.05 (BART) and +0.03
+(GPT-2) ROUGE-1, and 0.7 / 0.85 nats of eval loss.
 """
 
 from pathlib import Path
