@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from textgen_jax.config import base_config
@@ -51,11 +58,6 @@ def task_config(finetune_data_dir: str):
 
 # ---- running the real CLI in fresh processes -------------------------------------------------
 
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -92,6 +94,37 @@ def read_metrics(workdir: Path, split: str = "train") -> dict[int, dict]:
                 records[record["step"]] = record
     return records
 
+
+# The range of each fine-tuning metric (finetune/metrics.py): correlations can be negative,
+# sacrebleu's BLEU is on 0-100, the others are fractions.
+_METRIC_RANGE = {"matthews": (-1.0, 1.0), "pearson": (-1.0, 1.0), "spearman": (-1.0, 1.0),
+                 "bleu": (0.0, 100.0)}
+
+
+def assert_finetune_run(workdir: Path, task_name: str, eval_steps: list[int]) -> None:
+    """A fine-tune in `workdir` logged finite losses and its task's metrics (in range) at
+    `eval_steps`, and kept exactly the params of its best evaluation by the task's first
+    metric, which `textgen_jax.load(best=True)` restores."""
+    import jax
+    import numpy as np
+
+    import textgen_jax
+    from textgen_jax.finetune.tasks import get_task
+
+    task = get_task(task_name)
+    evals = read_metrics(workdir, "eval")
+    assert sorted(evals) == eval_steps
+    assert all(math.isfinite(record["loss"]) for record in read_metrics(workdir).values())
+    for metrics in evals.values():
+        assert math.isfinite(metrics["loss"])
+        for name in task.metrics:
+            low, high = _METRIC_RANGE.get(name, (0.0, 1.0))
+            assert low <= metrics[name] <= high, (name, metrics[name])
+    kept = [int(p.name) for p in (workdir / "best").iterdir() if p.name.isdigit()]
+    assert len(kept) == 1
+    assert evals[kept[0]][task.metrics[0]] == max(e[task.metrics[0]] for e in evals.values())
+    best = textgen_jax.load(str(workdir), best=True).params
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(best))
 
 @pytest.fixture
 def tiny_run(stdlib_data_dir: str, stdlib_tokenizer: Tokenizer):

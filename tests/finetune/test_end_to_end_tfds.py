@@ -26,11 +26,10 @@ import tensorflow_datasets.text.xnli  # noqa: F401
 from textgen_jax import cli
 from textgen_jax.finetune.pipelines import IGNORE_LABEL, finetune_dataset
 from textgen_jax.finetune.presets import finetune_config
-from textgen_jax.finetune.tasks import get_task
 from textgen_jax.objectives import objective_for
 from textgen_jax.training.loop import train_and_evaluate
 
-from conftest import read_metrics
+from conftest import assert_finetune_run
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MOCK = dict(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
@@ -58,23 +57,6 @@ def _tiny(config, data_dir: str):
     return config
 
 
-def _check_run(task_name: str, workdir: Path) -> None:
-    """The run in `workdir` logged finite losses and the task's metrics at steps 0 and 2, and
-    kept the params of its best evaluation by the task's first metric."""
-    task = get_task(task_name)
-    evals = read_metrics(workdir, "eval")
-    assert sorted(evals) == [0, 2]
-    assert all(math.isfinite(record["loss"]) for record in read_metrics(workdir).values())
-    for metrics in evals.values():
-        assert math.isfinite(metrics["loss"])
-        for name in task.metrics:
-            low = -1.0 if name in ("matthews", "pearson", "spearman") else 0.0
-            assert low <= metrics[name] <= 1.0, (name, metrics[name])
-    kept = [int(p.name) for p in (workdir / "best").iterdir() if p.name.isdigit()]
-    assert len(kept) == 1
-    assert evals[kept[0]][task.metrics[0]] == max(e[task.metrics[0]] for e in evals.values())
-
-
 def _finetune(task_name: str, arch: str, workdir: Path, tokenizer, data_dir: str,
               examples=None) -> None:
     config = _tiny(finetune_config(CONFIGS, task_name, arch), data_dir)
@@ -83,7 +65,7 @@ def _finetune(task_name: str, arch: str, workdir: Path, tokenizer, data_dir: str
     with tfds.testing.mock_data(**MOCK, as_data_source_fn=examples):
         result = train_and_evaluate(config, str(workdir))
     assert result["step"] == 2 and math.isfinite(result["train"]["loss"])
-    _check_run(task_name, workdir)
+    assert_finetune_run(workdir, task_name, [0, 2])
 
 
 # ---- hand-written examples ----------------------------------------------------------------
@@ -167,7 +149,7 @@ def test_squad_trains_through_the_cli_on_data_a_user_prepared(stdlib_tokenizer, 
     monkeypatch.setattr("sys.argv", argv)  # where config_flags reads the --config.* overrides
     with tfds.testing.mock_data(**MOCK, as_data_source_fn=_squad_examples):
         cli._main(cli._parse_flags(argv))
-    _check_run("squad", workdir)
+    assert_finetune_run(workdir, "squad", [0, 2])
 
 
 # ---- the score path, apart from training -------------------------------------------------

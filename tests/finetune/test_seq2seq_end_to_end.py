@@ -9,19 +9,15 @@ import importlib.util
 import math
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 import tensorflow_datasets.summarization.cnn_dailymail  # noqa: F401  (registers the builders)
 import tensorflow_datasets.summarization.xsum  # noqa: F401
 import tensorflow_datasets.translate.wmt14  # noqa: F401
 
-import textgen_jax
-from textgen_jax.finetune.tasks import get_task
 from textgen_jax.training.loop import train_and_evaluate
 
-from conftest import read_metrics
+from conftest import assert_finetune_run
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 MOCK = dict(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
@@ -48,19 +44,7 @@ def _check_run(config, workdir: Path, tokenizer) -> None:
     tokenizer.save(workdir / "tokenizer.model")
     result = train_and_evaluate(config, str(workdir))
     assert result["step"] == 2 and math.isfinite(result["train"]["loss"])
-    task = get_task(config.task.name)
-    evals = read_metrics(workdir, "eval")
-    assert sorted(evals) == [0, 2]
-    for metrics in evals.values():
-        assert math.isfinite(metrics["loss"])
-        for name in task.metrics:
-            assert 0.0 <= metrics[name] <= (100.0 if name == "bleu" else 1.0)
-    # The best evaluation's params are kept, and restore.
-    kept = [int(p.name) for p in (workdir / "best").iterdir() if p.name.isdigit()]
-    assert len(kept) == 1
-    assert evals[kept[0]][task.metrics[0]] == max(e[task.metrics[0]] for e in evals.values())
-    best = textgen_jax.load(str(workdir), best=True).params
-    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(best))
+    assert_finetune_run(workdir, config.task.name, [0, 2])
 
 
 @pytest.mark.parametrize("config_name", ["cnn_dailymail", "xsum", "wmt14_translate"])
