@@ -93,7 +93,7 @@ DEFAULT_OBJECTIVE["xlm"] = "xlm_mlm"
 
 
 # The special pieces each architecture's fine-tuning rows use (finetune/pipelines.py).
-_FINETUNE_PIECES = {"bert": ("<cls>", "<sep>"), "gpt": ("<sep>",), "gpt2": ("<sep>",)}
+FINETUNE_PIECES = {"bert": ("<cls>", "<sep>"), "gpt": ("<sep>",), "gpt2": ("<sep>",)}
 
 
 def check_head(config: ml_collections.ConfigDict, task) -> None:
@@ -138,7 +138,7 @@ def finetune_objective(config: ml_collections.ConfigDict) -> Objective:
     predict_fn = functools.partial(sequence_task_predict_fn, arch=arch, kind=task.kind,
                                    regression=task.is_regression)
     return Objective(f"finetune:{task.name}", loss_fn, finetune_dataset,
-                     pieces=_FINETUNE_PIECES.get(arch, ()), predict_fn=predict_fn,
+                     pieces=FINETUNE_PIECES.get(arch, ()), predict_fn=predict_fn,
                      metrics=task.metrics)
 
 

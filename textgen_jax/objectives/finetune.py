@@ -30,7 +30,8 @@ def _flatten_rows(batch: dict[str, jax.Array]) -> tuple[dict[str, jax.Array], in
     return rows, choices
 
 
-def _outputs(arch: str, model, params, rows: dict[str, jax.Array], rng, deterministic: bool):
+def model_outputs(arch: str, model, params, rows: dict[str, jax.Array], rng,
+                  deterministic: bool) -> dict[str, jax.Array]:
     """The model's outputs on fine-tuning rows, called with each architecture's inputs."""
     apply = functools.partial(model.apply, {"params": params}, deterministic=deterministic,
                               rngs=None if deterministic else {"dropout": rng})
@@ -58,7 +59,7 @@ def sequence_logits(arch: str, kind: str, model, params, batch: dict[str, jax.Ar
     bias then counts twice, which training absorbs).
     """
     rows, choices = _flatten_rows(batch)
-    outputs = _outputs(arch, model, params, rows, rng, deterministic)
+    outputs = model_outputs(arch, model, params, rows, rng, deterministic)
     logits = outputs["classification_logits"]
     if choices > 1:
         logits = logits.reshape(-1, choices, logits.shape[-1])

@@ -149,7 +149,7 @@ def generation_options(config: ml_collections.ConfigDict) -> GenerationOptions:
 def seq2seq_objective(config: ml_collections.ConfigDict, task):
     """The Objective of seq2seq task `task` on config.model.arch (see the module docstring)."""
     from textgen_jax.finetune.pipelines import finetune_dataset
-    from textgen_jax.objectives import _FINETUNE_PIECES, Objective
+    from textgen_jax.objectives import FINETUNE_PIECES, Objective
 
     arch = config.model.arch
     if not 0.0 <= config.task.label_smoothing < 1.0:
@@ -161,6 +161,6 @@ def seq2seq_objective(config: ml_collections.ConfigDict, task):
                                    options=generation_options(config))
     score_fn = functools.partial(seq2seq_score_fn, metrics=task.metrics)
     return Objective(f"finetune:{task.name}", loss_fn, finetune_dataset,
-                     pieces=_FINETUNE_PIECES.get(arch, ()),
+                     pieces=FINETUNE_PIECES.get(arch, ()),
                      predict_fn=predict_fn, metrics=task.metrics, jit_predict=False,
                      score_fn=score_fn)

@@ -28,9 +28,9 @@ from textgen_jax.finetune.metrics import compute_metrics
 from textgen_jax.finetune.pipelines import (IGNORE_LABEL, KIND_ARCHS, best_answer_span,
                                             finetune_dataset, references, task_source)
 from textgen_jax.finetune.tasks import Task
-from textgen_jax.objectives import _FINETUNE_PIECES, Objective
+from textgen_jax.objectives import FINETUNE_PIECES, Objective
 from textgen_jax.objectives.clm import cross_entropy_sums
-from textgen_jax.objectives.finetune import _outputs
+from textgen_jax.objectives.finetune import model_outputs
 
 # The model head (config.model.head, models/heads.py) each per-token task kind reads.
 TOKEN_TASK_HEADS = {"token_classification": "token_classification",
@@ -40,7 +40,7 @@ TOKEN_TASK_HEADS = {"token_classification": "token_classification",
 def token_classification_loss_fn(model, params, batch: dict[str, jax.Array], rng,
                                  deterministic: bool, *, arch: str) -> dict[str, jax.Array]:
     """Sums over the tagged tokens of a batch: labels [B, L] hold a tag or IGNORE_LABEL."""
-    outputs = _outputs(arch, model, params, batch, rng, deterministic)
+    outputs = model_outputs(arch, model, params, batch, rng, deterministic)
     labels = batch["labels"]
     tagged = labels != IGNORE_LABEL
     return cross_entropy_sums(outputs["token_logits"], jnp.where(tagged, labels, 0),
@@ -50,7 +50,7 @@ def token_classification_loss_fn(model, params, batch: dict[str, jax.Array], rng
 def span_logits(arch: str, model, params, batch: dict[str, jax.Array], rng=None,
                 deterministic: bool = True) -> jax.Array:
     """float32 [B, 2, L]: each row's start logits, then its end logits."""
-    outputs = _outputs(arch, model, params, batch, rng, deterministic)
+    outputs = model_outputs(arch, model, params, batch, rng, deterministic)
     return jnp.stack([outputs["start_logits"], outputs["end_logits"]], axis=1)
 
 
@@ -67,7 +67,7 @@ def extractive_qa_loss_fn(model, params, batch: dict[str, jax.Array], rng,
 def token_classification_predict_fn(model, params, batch: dict[str, jax.Array], *,
                                     arch: str) -> dict[str, jax.Array]:
     """{'predictions': the best tag of every token [B, L], 'labels': [B, L]}."""
-    outputs = _outputs(arch, model, params, batch, None, True)
+    outputs = model_outputs(arch, model, params, batch, None, True)
     return {"predictions": jnp.argmax(outputs["token_logits"], axis=-1),
             "labels": batch["labels"]}
 
@@ -135,6 +135,6 @@ def token_task_objective(config: ml_collections.ConfigDict, task: Task) -> Objec
         loss_fn, predict_fn = extractive_qa_loss_fn, extractive_qa_predict_fn
         score_fn = extractive_qa_score
     return Objective(f"finetune:{task.name}", functools.partial(loss_fn, arch=arch),
-                     finetune_dataset, pieces=_FINETUNE_PIECES.get(arch, ()),
+                     finetune_dataset, pieces=FINETUNE_PIECES.get(arch, ()),
                      predict_fn=functools.partial(predict_fn, arch=arch), metrics=task.metrics,
                      score_fn=functools.partial(score_fn, task=task))
