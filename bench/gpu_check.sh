@@ -11,7 +11,7 @@ python3 -c "import jax, flax, optax, orbax.checkpoint as o, transformers, torch;
 print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, \
 'transformers', transformers.__version__, 'torch', torch.__version__); print(jax.devices())" \
   2>&1 | tee "$OUT/versions.txt"
-timeout "${TESTS_S:-200}" python3 -m pytest -q -x -p no:cacheprovider ${TESTS:-tests/models} \
+timeout "${TESTS_S:-200}" python3 -m pytest -q ${PYTEST_FLAGS:--x} -p no:cacheprovider ${TESTS:-tests/models} \
   2>&1 | tee "$OUT/tests.txt" | tail -25
 [ "${TRAIN_S:-120}" = 0 ] || timeout "${TRAIN_S:-120}" python3 bench/train_throughput.py --cases train_gpt2_small \
   --no-transformers --steps 10 2>&1 | tee "$OUT/train.jsonl" | grep -v Warning | tail -8
