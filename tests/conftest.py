@@ -76,7 +76,8 @@ TINY_OVERRIDES = (
 def cli_env(num_devices: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
-    env["PYTHONPATH"] = str(REPO)
+    # The checkout first; keep what the caller's path adds (a GPU image's carried packages).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
     return env
 
 
