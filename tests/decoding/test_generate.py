@@ -22,6 +22,8 @@ from textgen_jax.models.gpt2 import GPT2
 from textgen_jax.models.layers import TransformerConfig
 from textgen_jax.models.xlm import Xlm
 
+from conftest import count_compiles
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -270,21 +272,6 @@ def test_repetition_penalty_ignores_left_padding(num_beams):
     assert pick([[pad] + short], pad)[0][0] != pad
 
 
-def _compiles(run) -> int:
-    """How many XLA compilations `run()` triggers."""
-    events = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(duration)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        run()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    return len(events)
-
-
 def test_sampling_compiles_once_per_shape_and_is_reproducible_from_the_seed():
     _, model, params = _built("gpt2")
     sample = lambda prompts, **options: generate_ids(  # noqa: E731
@@ -295,9 +282,9 @@ def test_sampling_compiles_once_per_shape_and_is_reproducible_from_the_seed():
     assert sample(PROMPTS, seed=1) != first
     # Other prompts of the same padded width, another seed and temperature: nothing compiles.
     others = [[9, 9, 9], [1, 2, 3, 4, 5, 6], [7]]
-    assert _compiles(lambda: sample(others, seed=5, temperature=0.7)) == 0
+    assert count_compiles(lambda: sample(others, seed=5, temperature=0.7)) == 0
     # The counter does see a compilation: a new shape (four rows) compiles.
-    assert _compiles(lambda: sample(others + [[4]], seed=5)) > 0
+    assert count_compiles(lambda: sample(others + [[4]], seed=5)) > 0
 
 
 @pytest.mark.parametrize("filters", [dict(top_k=1), dict(top_p=1e-3)])

@@ -65,3 +65,13 @@ def check_text_row(row: dict[str, np.ndarray], tok: Tokenizer, arch: str, num_te
 def is_truncation_of(kept: list[int], full: list[int]) -> bool:
     """Whether `kept` is `full` cut at its end (the pipelines truncate from the end)."""
     return len(kept) <= len(full) and list(full[:len(kept)]) == list(kept)
+
+
+def xnli_examples(_builder, split, **_) -> list[dict]:
+    """Four hand-written XNLI examples (English and German) for tfds.testing.mock_data's
+    as_data_source_fn: random mock text cannot keep the languages of a pair parallel."""
+    del split
+    return [{"premise": {"en": b"A man is eating.", "de": b"Ein Mann isst."},
+             "hypothesis": {"language": np.array([b"de", b"en"]),
+                            "translation": np.array([b"Jemand isst.", b"Someone eats."])},
+             "label": np.int64(label)} for label in (0, 1, 2, 1)]

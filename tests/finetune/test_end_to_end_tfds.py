@@ -30,6 +30,7 @@ from textgen_jax.objectives import objective_for
 from textgen_jax.training.loop import train_and_evaluate
 
 from conftest import assert_finetune_run
+from finetune_rows import xnli_examples
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MOCK = dict(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
@@ -105,14 +106,6 @@ def _conll_examples(_builder, split, **_):
             for words, tags in CONLL_SENTENCES]
 
 
-def _xnli_examples(_builder, split, **_):
-    del split
-    return [{"premise": {"en": b"A man is eating.", "de": b"Ein Mann isst."},
-             "hypothesis": {"language": np.array([b"de", b"en"]),
-                            "translation": np.array([b"Jemand isst.", b"Someone eats."])},
-             "label": np.int64(label)} for label in (0, 1, 2, 1)]
-
-
 # ---- training runs -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("task_name,arch", [
@@ -125,7 +118,7 @@ def test_glue_task_fine_tunes_on_mock_data(task_name, arch, stdlib_tokenizer, tm
 
 def test_xnli_fine_tunes_on_mock_data(stdlib_tokenizer, tmp_path):
     _finetune("xnli", "xlm", tmp_path / "workdir", stdlib_tokenizer, str(tmp_path / "tfds"),
-              _xnli_examples)
+              xnli_examples)
 
 
 def test_conll2003_fine_tunes_on_mock_data(stdlib_tokenizer, tmp_path):

@@ -26,7 +26,7 @@ from textgen_jax.finetune.pipelines import (best_answer_span, finetune_dataset, 
                                             task_source)
 from textgen_jax.finetune.tasks import get_task
 
-from finetune_rows import check_text_row, flat_rows, is_truncation_of
+from finetune_rows import check_text_row, flat_rows, is_truncation_of, xnli_examples
 
 SEQ_LEN = 16  # short enough that mock pairs are truncated
 NUM_EXAMPLES = 8
@@ -229,23 +229,15 @@ def test_best_answer_span_respects_the_constraints():
     assert best_answer_span(np.zeros(2), np.zeros(2), offsets[:2], "question") == ""
 
 
-def _xnli_examples(_builder, split, **_):
-    del split
-    return [{"premise": {"en": b"A man is eating.", "de": b"Ein Mann isst."},
-             "hypothesis": {"language": np.array([b"de", b"en"]),
-                            "translation": np.array([b"Jemand isst.", b"Someone eats."])},
-             "label": np.int64(label)} for label in (0, 1, 2, 1)]
-
-
 @pytest.mark.parametrize("language", ["en", "de"])
 def test_xnli_reads_the_configured_language(task_config, stdlib_tokenizer, language):
     tok = stdlib_tokenizer
     config = task_config("xnli", "xlm", seq_len=48)  # room for both texts whole
     config.data.languages = ("en", "de")
     config.task.language = language
-    with tfds.testing.mock_data(**MOCK, as_data_source_fn=_xnli_examples):
+    with tfds.testing.mock_data(**MOCK, as_data_source_fn=xnli_examples):
         batch = _batches(config, tok)[0]
-    example = _xnli_examples(None, "test")[0]
+    example = xnli_examples(None, "test")[0]
     premise = example["premise"][language].decode()
     hypothesis = {"en": "Someone eats.", "de": "Jemand isst."}[language]
     a, b = check_text_row(flat_rows(batch, 48)[0], tok, "xlm", 2, 48,
