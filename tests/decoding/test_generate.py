@@ -19,7 +19,7 @@ from textgen_jax.decoding.generate import GenerationOptions, generate_ids, gener
 from textgen_jax.models.bart import Bart
 from textgen_jax.models.gpt import GPT
 from textgen_jax.models.gpt2 import GPT2
-from textgen_jax.models.layers import TransformerConfig
+from textgen_jax.models.layers import DECODE_KERNELS, TransformerConfig
 from textgen_jax.models.xlm import Xlm
 
 from conftest import count_compiles
@@ -135,10 +135,11 @@ def _uncached(model, params, *inputs):
     return model.apply({"params": params}, *inputs)
 
 
+@pytest.mark.parametrize("transpose_kernels", [False, True])
 @pytest.mark.parametrize("name", ["gpt2", "gpt", "xlm", "bart"])
-def test_cached_logits_equal_full_recomputation_at_every_step(name):
+def test_cached_logits_equal_full_recomputation_at_every_step(name, transpose_kernels):
     _, model, params = _built(name)
-    generator = generator_for(model, decoder_start_id=2)
+    generator = generator_for(model, decoder_start_id=2, transpose_kernels=transpose_kernels)
     width = 8
     if isinstance(model, Bart):  # the source right-padded, the decoder cached
         source = np.full((3, width), PAD, np.int32)
@@ -157,6 +158,8 @@ def test_cached_logits_equal_full_recomputation_at_every_step(name):
     start = jax.jit(generator.start, static_argnums=2)
     step = jax.jit(generator.step)
     logits, cache = start(params, batch, width + steps)
+    # The steps read the transposed copies of every dense kernel, or none.
+    assert (DECODE_KERNELS in cache) == transpose_kernels
     rng = np.random.default_rng(1)
     generated = [[] for _ in PROMPTS]
     errors = []

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from textgen_jax.models.bart import Bart
-from textgen_jax.models.layers import unscanned
+from textgen_jax.models.layers import DECODE_KERNELS, unscanned
 from textgen_jax.models.xlm import Xlm
 from textgen_jax.models.xlm_seq2seq import XlmEncoderDecoder
 
@@ -107,23 +107,39 @@ def _empty_cache(init: Callable[[], Any]) -> Any:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def _mutable(first: bool, transpose_kernels: bool) -> list[str]:
+    """The collections a decode call writes: the KV cache, and on the first call (the prompt)
+    the transposed kernels the steps read (layers.DECODE_KERNELS)."""
+    return ["cache", DECODE_KERNELS] if first and transpose_kernels else ["cache"]
+
+
+def _after(state: dict, updated: dict) -> dict:
+    """The decoding state (the model's non-parameter collections) after a call."""
+    return {**state, **updated}
+
+
 @dataclasses.dataclass(frozen=True)
 class _CausalLM:
     """GPT, GPT-2 and causal XLM. Batch: 'prompt' [batch, width] left-padded, 'lengths' [batch]
-    (and 'language' [batch] for XLM). Row r's token at slot s has position s - padding_r."""
+    (and 'language' [batch] for XLM). Row r's token at slot s has position s - padding_r.
+
+    The decoding state passed between calls holds the model's 'cache' collection and, with
+    `transpose_kernels`, its DECODE_KERNELS."""
 
     model: nn.Module
+    transpose_kernels: bool = False
 
-    def _apply(self, params, cache, tokens, segments, positions, language):
-        variables = {"params": params, "cache": cache}
+    def _apply(self, params, state, tokens, segments, positions, language, first=False):
+        variables = {"params": params, **state}
+        mutable = _mutable(first, self.transpose_kernels)
         if isinstance(self.model, Xlm):
             logits, updated = self.model.apply(
                 variables, tokens, langs=jnp.broadcast_to(language[:, None], tokens.shape),
-                positions=positions, attention_ids=segments, decode=True, mutable=["cache"])
+                positions=positions, attention_ids=segments, decode=True, mutable=mutable)
         else:
             logits, updated = self.model.apply(variables, tokens, segments, positions,
-                                               decode=True, mutable=["cache"])
-        return logits[:, -1].astype(jnp.float32), updated["cache"]
+                                               decode=True, mutable=mutable)
+        return logits[:, -1].astype(jnp.float32), _after(state, updated)
 
     def history(self, batch):
         prompt = batch["prompt"]
@@ -137,11 +153,12 @@ class _CausalLM:
         slots = jnp.arange(width)[None]
         segments = (slots >= first[:, None]).astype(jnp.int32)
         positions = jnp.maximum(slots - first[:, None], 0)
-        return self._apply(params, cache, prompt, segments, positions, batch.get("language"))
+        return self._apply(params, {"cache": cache}, prompt, segments, positions,
+                           batch.get("language"), first=True)
 
-    def step(self, params, cache, batch, tokens, i):
+    def step(self, params, state, batch, tokens, i):
         position = (batch["lengths"] + i)[:, None]
-        return self._apply(params, cache, tokens[:, None], jnp.ones_like(position), position,
+        return self._apply(params, state, tokens[:, None], jnp.ones_like(position), position,
                            batch.get("language"))
 
 
@@ -154,6 +171,7 @@ class _EncoderDecoder:
 
     model: Bart | XlmEncoderDecoder
     decoder_start_id: int
+    transpose_kernels: bool = False
 
     @staticmethod
     def _languages(batch, tokens, key: str, argument: str) -> dict[str, jax.Array]:
@@ -176,30 +194,45 @@ class _EncoderDecoder:
         cache = _empty_cache(lambda: self.model.init(
             jax.random.key(0), source, jnp.ones((rows, cache_len), jnp.int32), mask,
             decode=True))
-        return self._decode(params, cache, batch, self.history(batch)[0], encoded)
+        return self._decode(params, {"cache": cache}, batch, self.history(batch)[0], encoded)
 
-    def step(self, params, cache, batch, tokens, i):
+    def step(self, params, state, batch, tokens, i):
         del i  # the cache knows the next position
-        return self._decode(params, cache, batch, tokens[:, None], None)
+        return self._decode(params, state, batch, tokens[:, None], None)
 
-    def _decode(self, params, cache, batch, tokens, encoded):
+    def _decode(self, params, state, batch, tokens, encoded):
         logits, updated = self.model.apply(
-            {"params": params, "cache": cache}, tokens, encoded, batch["source_mask"],
-            decode=True, method="decode", mutable=["cache"],
+            {"params": params, **state}, tokens, encoded, batch["source_mask"],
+            decode=True, method="decode",
+            mutable=_mutable(encoded is not None, self.transpose_kernels),
             **self._languages(batch, tokens, "target_language", "decoder_langs"))
-        return logits[:, -1].astype(jnp.float32), updated["cache"]
+        return logits[:, -1].astype(jnp.float32), _after(state, updated)
 
 
-def generator_for(model: nn.Module, decoder_start_id: int = 0):
-    """The generation interface of a model; ValueError for a model that cannot generate."""
+# Decoding on CPU reads transposed copies of the dense kernels (layers.DECODE_KERNELS) when
+# they take at most this many bytes: a base-size model's, not a 1.5B one's (its copy would not
+# fit beside it in a notebook's memory).
+TRANSPOSED_KERNEL_BYTES = 2 << 30
+
+
+def _transpose_kernels(params: Any) -> bool:
+    """Whether decoding should make transposed kernels (on CPU, for a model small enough)."""
+    size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
+    return jax.default_backend() == "cpu" and size <= TRANSPOSED_KERNEL_BYTES
+
+
+def generator_for(model: nn.Module, decoder_start_id: int = 0, transpose_kernels: bool = False):
+    """The generation interface of a model; ValueError for a model that cannot generate.
+    `transpose_kernels`: decode steps read transposed copies of the dense kernels, made by
+    the first call (faster on CPU)."""
     if not getattr(model, "can_generate", True):
         raise ValueError(
             f"{type(model).__name__} (causal={getattr(model, 'causal', False)}) is an encoder "
             "with no next-token head, so it cannot generate; use fill-mask with it, or a gpt, "
             "gpt2, causal xlm (--config.model.causal=True) or bart checkpoint to generate.")
     if isinstance(model, (Bart, XlmEncoderDecoder)):
-        return _EncoderDecoder(model, decoder_start_id)
-    return _CausalLM(model)
+        return _EncoderDecoder(model, decoder_start_id, transpose_kernels)
+    return _CausalLM(model, transpose_kernels)
 
 
 # ---- logits processors ---------------------------------------------------------------------
@@ -307,10 +340,11 @@ def _sample_loop(generator, params, batch, rng, temperature, top_p, *, plan: _Pl
 
 
 def _per_beam(path, leaf) -> bool:
-    """Whether a cache leaf has one row per beam. Cross-attention caches (the projected source)
-    keep one row per prompt, which its beams share (MultiHeadAttention groups their queries)."""
+    """Whether a decoding state leaf has one row per beam. Cross-attention caches (the
+    projected source) keep one row per prompt, which its beams share (MultiHeadAttention groups
+    their queries); the transposed kernels are no rows at all."""
     names = {getattr(key, "key", None) for key in path}
-    return leaf.ndim > 0 and "cross_attention" not in names
+    return leaf.ndim > 0 and not names & {"cross_attention", DECODE_KERNELS}
 
 
 def _reorder_cache(cache, rows):
@@ -430,7 +464,8 @@ def generate_ids(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]]
     """
     options.validate()
     model, params = unscanned(model, params)  # the KV cache lives in the unrolled blocks
-    generator = generator_for(model, eos_id if decoder_start_id is None else decoder_start_id)
+    generator = generator_for(model, eos_id if decoder_start_id is None else decoder_start_id,
+                              _transpose_kernels(params))
     if not prompts:
         raise ValueError("no prompts given; pass at least one prompt.")
     for index, ids in enumerate(prompts):
