@@ -3,7 +3,9 @@
 Prints one JSON line per case, mode, batch and framework, a `comparison` line per case, mode
 and batch (ratio = ours / transformers in new tokens/s), and a `memory_bandwidth` line: batch-1
 float32 decoding reads every weight once per token, so tokens/s is bounded by bandwidth /
-weight bytes, and the gpt2 batch-1 lines report the fraction of that bound reached.
+weight bytes, and the gpt2 batch-1 lines report the fraction of that bound reached. Within a
+case, mode and batch the timed calls alternate between the two frameworks, so that the ratio
+does not depend on when each side ran.
 
     .venv/bin/python bench/generate_throughput.py
     .venv/bin/python bench/generate_throughput.py --cases gen_gpt2_small --no-transformers
@@ -47,17 +49,17 @@ def prompts(case: dict, batch: int) -> np.ndarray:
     return rng.integers(3, case["vocab"], size=(batch, case["source_len"]), dtype=np.int64)
 
 
-def timed(run, runs: int) -> tuple[float, list[float]]:
-    """(seconds of the first call, seconds of each of `runs` later calls)."""
-    start = time.perf_counter()
-    run()
-    first = time.perf_counter() - start
-    times = []
+def timed(runs_by_name: dict, runs: int) -> dict:
+    """{name: (seconds of the first call, seconds of each of `runs` later calls)} of the
+    `run` callables in runs_by_name: each makes its first (compile) call, then the timed calls
+    alternate between them, so that a drift in this machine's speed (its memory bandwidth
+    varies by 1.5x over minutes) reaches every side alike."""
+    first = {name: _seconds(run) for name, run in runs_by_name.items()}
+    times = {name: [] for name in runs_by_name}
     for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return first, times
+        for name, run in runs_by_name.items():
+            times[name].append(_seconds(run))
+    return {name: (first[name], times[name]) for name in runs_by_name}
 
 
 def record(name, framework, mode, batch, case, first, times, params,
@@ -131,38 +133,29 @@ def selected(case: dict, key: str, modes: list[str] | None) -> list[tuple[str, i
     return [(mode, batch) for mode, batch in case[key] if modes is None or mode in modes]
 
 
-def jax_runs(name: str, case: dict, runs: int, modes: list[str] | None,
-             dtype: str = "float32") -> list[dict]:
-    import jax
-
+def jax_runner(case: dict, dtype: str = "float32"):
+    """(parameter count, run(mode, batch) -> a callable making one timed generate call)."""
     from textgen_jax.decoding import GenerationOptions, generate_ids
 
-    chosen = selected(case, "runs" if dtype == "float32" else "bf16_runs", modes)
-    if not chosen:
-        return []
     model, params, size = jax_model(case, dtype)
-    records = []
-    for mode, batch in chosen:
+
+    def run(mode: str, batch: int):
         ids = prompts(case, batch).tolist()
         options = GenerationOptions(max_new_tokens=case["new_tokens"],
                                     num_beams=4 if mode == "beam4" else 1)
 
-        def run():
+        def call():
             out = generate_ids(model, params, ids, options, eos_id=NO_EOS, pad_id=0,
                                decoder_start_id=2)
             assert all(len(row) == case["new_tokens"] for row in out)
-
-        first, times = timed(run, runs)
-        records.append(record(name, "textgen_jax", mode, batch, case, first, times, size,
-                              dtype))
-        emit(records[-1])
-    jax.clear_caches()
-    return records
+        return call
+    return size, run
 
 
 # ---------------------------------------------------------------- transformers
 
-def torch_runs(name: str, case: dict, runs: int, modes: list[str] | None) -> list[dict]:
+def torch_runner(case: dict):
+    """(parameter count, run(mode, batch) -> a callable making one timed `generate` call)."""
     import torch
     import transformers
 
@@ -178,9 +171,8 @@ def torch_runs(name: str, case: dict, runs: int, modes: list[str] | None) -> lis
             decoder_attention_heads=case["num_heads"], encoder_ffn_dim=case["d_ff"],
             decoder_ffn_dim=case["d_ff"], max_position_embeddings=case["max_len"]))
     model = model.eval()
-    size = sum(p.numel() for p in model.parameters())
-    records = []
-    for mode, batch in selected(case, "runs", modes):
+
+    def run(mode: str, batch: int):
         ids = torch.from_numpy(prompts(case, batch))
         kwargs = dict(max_new_tokens=case["new_tokens"], min_new_tokens=case["new_tokens"],
                       do_sample=False, num_beams=4 if mode == "beam4" else 1, pad_token_id=0,
@@ -190,16 +182,13 @@ def torch_runs(name: str, case: dict, runs: int, modes: list[str] | None) -> lis
                           forced_eos_token_id=None, no_repeat_ngram_size=0, early_stopping=False,
                           length_penalty=1.0)
 
-        def run():
+        def call():
             with torch.inference_mode():
                 out = model.generate(ids, **kwargs)
             prompt_len = 1 if case["arch"] == "bart" else ids.shape[1]
             assert out.shape[1] - prompt_len == case["new_tokens"], out.shape
-
-        first, times = timed(run, runs)
-        records.append(record(name, "transformers", mode, batch, case, first, times, size))
-        emit(records[-1])
-    return records
+        return call
+    return sum(p.numel() for p in model.parameters()), run
 
 
 def transformers_available() -> bool:
@@ -222,24 +211,44 @@ def main() -> None:
     with_torch = not args.no_transformers and transformers_available()
     for name in args.cases:
         case = CASES[name]
-        ours = jax_runs(name, case, args.runs, args.modes)
-        extra = jax_runs(name, case, args.runs, args.modes, "bfloat16")
-        for line in ours + extra:
-            if line["batch"] == 1:  # every weight read once per token
-                weight_bytes = line["params"] * (4 if line["dtype"] == "float32" else 2)
-                bound = bandwidth["gb_s"] * 1e9 / weight_bytes
-                emit({"case": name, "framework": "textgen_jax", "mode": line["mode"],
-                      "batch": 1, "dtype": line["dtype"],
-                      "bandwidth_bound_tokens_per_s": round(bound, 1),
-                      "fraction_of_bound": round(line["new_tokens_per_s"] / bound, 3)})
-        if not with_torch:
-            continue
-        theirs = torch_runs(name, case, args.runs, args.modes) if ours else []
-        for a, b in zip(ours, theirs):
-            emit({"case": name, "comparison": "textgen_jax / transformers", "mode": a["mode"],
-                  "batch": a["batch"], "textgen_jax_new_tokens_per_s": a["new_tokens_per_s"],
-                  "transformers_new_tokens_per_s": b["new_tokens_per_s"],
-                  "ratio": round(a["new_tokens_per_s"] / b["new_tokens_per_s"], 2)})
+        runners = {"textgen_jax": jax_runner(case)}
+        if with_torch:
+            runners["transformers"] = torch_runner(case)
+        for mode, batch in selected(case, "runs", args.modes):
+            results = timed({side: run(mode, batch) for side, (_, run) in runners.items()},
+                            args.runs)
+            lines = {side: record(name, side, mode, batch, case, *results[side],
+                                  runners[side][0]) for side in runners}
+            for line in lines.values():
+                emit(line)
+            report_bound(name, lines["textgen_jax"], bandwidth)
+            if with_torch:
+                ours, theirs = lines["textgen_jax"], lines["transformers"]
+                emit({"case": name, "comparison": "textgen_jax / transformers", "mode": mode,
+                      "batch": batch, "textgen_jax_new_tokens_per_s": ours["new_tokens_per_s"],
+                      "transformers_new_tokens_per_s": theirs["new_tokens_per_s"],
+                      "ratio": round(ours["new_tokens_per_s"] / theirs["new_tokens_per_s"], 2)})
+        chosen = selected(case, "bf16_runs", args.modes)
+        if chosen:  # ours only: no transformers baseline in this precision
+            size, run = jax_runner(case, "bfloat16")
+            for mode, batch in chosen:
+                line = record(name, "textgen_jax", mode, batch, case,
+                              *timed({"ours": run(mode, batch)}, args.runs)["ours"], size,
+                              "bfloat16")
+                emit(line)
+                report_bound(name, line, bandwidth)
+
+
+def report_bound(name: str, line: dict, bandwidth: dict) -> None:
+    """For a batch-1 line (every weight read once per token): the bandwidth bound on tokens/s
+    and the fraction of it reached."""
+    if line["batch"] != 1:
+        return
+    weight_bytes = line["params"] * (4 if line["dtype"] == "float32" else 2)
+    bound = bandwidth["gb_s"] * 1e9 / weight_bytes
+    emit({"case": name, "framework": "textgen_jax", "mode": line["mode"], "batch": 1,
+          "dtype": line["dtype"], "bandwidth_bound_tokens_per_s": round(bound, 1),
+          "fraction_of_bound": round(line["new_tokens_per_s"] / bound, 3)})
 
 
 if __name__ == "__main__":
