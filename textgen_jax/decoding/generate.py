@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from textgen_jax.models.bart import Bart
-from textgen_jax.models.layers import DECODE_KERNELS, unscanned
+from textgen_jax.models.layers import DECODE_KERNELS, FEW_ROWS, unscanned
 from textgen_jax.models.xlm import Xlm
 from textgen_jax.models.xlm_seq2seq import XlmEncoderDecoder
 
@@ -215,10 +215,12 @@ class _EncoderDecoder:
 TRANSPOSED_KERNEL_BYTES = 2 << 30
 
 
-def _transpose_kernels(params: Any) -> bool:
-    """Whether decoding should make transposed kernels (on CPU, for a model small enough)."""
+def _transpose_kernels(params: Any, rows: int) -> bool:
+    """Whether decoding `rows` (batch x beams) should make transposed kernels: on CPU, for
+    steps of few rows and a model small enough."""
     size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
-    return jax.default_backend() == "cpu" and size <= TRANSPOSED_KERNEL_BYTES
+    return (jax.default_backend() == "cpu" and rows <= FEW_ROWS
+            and size <= TRANSPOSED_KERNEL_BYTES)
 
 
 def generator_for(model: nn.Module, decoder_start_id: int = 0, transpose_kernels: bool = False):
@@ -464,10 +466,10 @@ def generate_ids(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]]
     """
     options.validate()
     model, params = unscanned(model, params)  # the KV cache lives in the unrolled blocks
-    generator = generator_for(model, eos_id if decoder_start_id is None else decoder_start_id,
-                              _transpose_kernels(params))
     if not prompts:
         raise ValueError("no prompts given; pass at least one prompt.")
+    generator = generator_for(model, eos_id if decoder_start_id is None else decoder_start_id,
+                              _transpose_kernels(params, len(prompts) * options.num_beams))
     for index, ids in enumerate(prompts):
         if len(ids) == 0:
             raise ValueError(f"prompt {index} is empty; give each prompt at least one token "

@@ -84,11 +84,10 @@ def _kernel_axes(kernel: Array, contract: int, kernel_transposed: bool) -> tuple
     return range(contract), range(contract, kernel.ndim)
 
 
-# 2 to this many rows of x is a decoding step's matrix-vector product, for which XLA:CPU reads
-# a transposed kernel [out, in] far faster into an [out, rows] result than into [rows, out]:
-# GPT-2's and BART's output layer on 4 rows, 5.3 ms instead of 9.7 ms. (One row is as fast
-# either way.)
-_FEW_ROWS = 32
+# At most this many rows of x is a decoding step's matrix-vector product, for which XLA:CPU
+# reads a transposed kernel [out, in] faster into an [out, rows] result than into [rows, out]:
+# GPT-2's and BART's output layer on 4 rows, 5.3 ms instead of 9.7 ms.
+FEW_ROWS = 32
 
 
 def _matmul_fwd(x, kernel, contract, kernel_transposed, out_dtype):
@@ -97,7 +96,7 @@ def _matmul_fwd(x, kernel, contract, kernel_transposed, out_dtype):
     contracted, free = _kernel_axes(kernel, contract, kernel_transposed)
     x_contracted = range(x.ndim - contract, x.ndim)
     rows = math.prod(x.shape[:x.ndim - contract])
-    if kernel_transposed and rows <= _FEW_ROWS and jax.default_backend() == "cpu":
+    if kernel_transposed and rows <= FEW_ROWS and jax.default_backend() == "cpu":
         # The barrier keeps XLA from folding the transpose back into the dot's layout.
         y = jax.lax.optimization_barrier(_dot(kernel, x, contracted, x_contracted))
         y = jnp.moveaxis(y, tuple(range(len(free))), tuple(range(x.ndim - contract, y.ndim)))
@@ -193,9 +192,9 @@ add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 # A variable collection that decoding fills, once per generate call, with each dense kernel
-# transposed to [out..., in...]: XLA:CPU's matmul of a few rows (one decoding step) reads a
-# kernel about 35% faster that way (bench/README.md). A DenseGeneral whose collection is
-# mutable makes its copy; one given the collection uses it instead of its kernel.
+# transposed to [out..., in...]: XLA:CPU multiplies a few rows (FEW_ROWS: one decoding step)
+# by a kernel faster that way, whole generate calls 5-11% (bench/README.md). A DenseGeneral
+# whose collection is mutable makes its copy; one given the collection uses it instead.
 DECODE_KERNELS = "decode_kernels"
 
 
@@ -222,7 +221,8 @@ class DenseGeneral(nn.Module):
             kernel = self.param(
                 "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                 shape, jnp.float32)
-            if self.decode_copy and self.is_mutable_collection(DECODE_KERNELS):
+            if (self.decode_copy and self.is_mutable_collection(DECODE_KERNELS)
+                    and not self.is_initializing()):  # init makes every collection mutable
                 # The barrier keeps XLA from giving the copy the kernel's own memory layout.
                 self.put_variable(DECODE_KERNELS, "kernel", jax.lax.optimization_barrier(
                     jnp.moveaxis(kernel, tuple(range(self.in_axes)),
