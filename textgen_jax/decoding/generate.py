@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from textgen_jax.models.bart import Bart
-from textgen_jax.models.layers import DECODE_KERNELS, FEW_ROWS, unscanned
+from textgen_jax.models.layers import DECODE_KERNELS, few_rows_on_cpu, unscanned
 from textgen_jax.models.xlm import Xlm
 from textgen_jax.models.xlm_seq2seq import XlmEncoderDecoder
 
@@ -113,11 +113,6 @@ def _mutable(first: bool, transpose_kernels: bool) -> list[str]:
     return ["cache", DECODE_KERNELS] if first and transpose_kernels else ["cache"]
 
 
-def _after(state: dict, updated: dict) -> dict:
-    """The decoding state (the model's non-parameter collections) after a call."""
-    return {**state, **updated}
-
-
 @dataclasses.dataclass(frozen=True)
 class _CausalLM:
     """GPT, GPT-2 and causal XLM. Batch: 'prompt' [batch, width] left-padded, 'lengths' [batch]
@@ -139,7 +134,7 @@ class _CausalLM:
         else:
             logits, updated = self.model.apply(variables, tokens, segments, positions,
                                                decode=True, mutable=mutable)
-        return logits[:, -1].astype(jnp.float32), _after(state, updated)
+        return logits[:, -1].astype(jnp.float32), {**state, **updated}
 
     def history(self, batch):
         prompt = batch["prompt"]
@@ -206,12 +201,12 @@ class _EncoderDecoder:
             decode=True, method="decode",
             mutable=_mutable(encoded is not None, self.transpose_kernels),
             **self._languages(batch, tokens, "target_language", "decoder_langs"))
-        return logits[:, -1].astype(jnp.float32), _after(state, updated)
+        return logits[:, -1].astype(jnp.float32), {**state, **updated}
 
 
-# Decoding on CPU reads transposed copies of the dense kernels (layers.DECODE_KERNELS) when
-# they take at most this many bytes: a base-size model's, not a 1.5B one's (its copy would not
-# fit beside it in a notebook's memory).
+# Decoding on CPU reads transposed copies of the dense kernels (layers.DECODE_KERNELS) of a
+# model whose weights take at most this many bytes: a base-size model's, not a 1.5B one's (the
+# copies would not fit beside it in a notebook's memory).
 TRANSPOSED_KERNEL_BYTES = 2 << 30
 
 
@@ -219,8 +214,7 @@ def _transpose_kernels(params: Any, rows: int) -> bool:
     """Whether decoding `rows` (batch x beams) should make transposed kernels: on CPU, for
     steps of few rows and a model small enough."""
     size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
-    return (jax.default_backend() == "cpu" and rows <= FEW_ROWS
-            and size <= TRANSPOSED_KERNEL_BYTES)
+    return few_rows_on_cpu(rows) and size <= TRANSPOSED_KERNEL_BYTES
 
 
 def generator_for(model: nn.Module, decoder_start_id: int = 0, transpose_kernels: bool = False):

@@ -90,13 +90,17 @@ def _kernel_axes(kernel: Array, contract: int, kernel_transposed: bool) -> tuple
 FEW_ROWS = 32
 
 
+def few_rows_on_cpu(rows: int) -> bool:
+    """Whether a matmul of `rows` rows takes the transposed-kernel layout (FEW_ROWS)."""
+    return rows <= FEW_ROWS and jax.default_backend() == "cpu"
+
+
 def _matmul_fwd(x, kernel, contract, kernel_transposed, out_dtype):
     kernel_dtype = jnp.zeros((), kernel.dtype)
     kernel = kernel.astype(x.dtype)
     contracted, free = _kernel_axes(kernel, contract, kernel_transposed)
     x_contracted = range(x.ndim - contract, x.ndim)
-    rows = math.prod(x.shape[:x.ndim - contract])
-    if kernel_transposed and rows <= FEW_ROWS and jax.default_backend() == "cpu":
+    if kernel_transposed and few_rows_on_cpu(math.prod(x.shape[:x.ndim - contract])):
         # The barrier keeps XLA from folding the transpose back into the dot's layout.
         y = jax.lax.optimization_barrier(_dot(kernel, x, contracted, x_contracted))
         y = jnp.moveaxis(y, tuple(range(len(free))), tuple(range(x.ndim - contract, y.ndim)))
