@@ -211,32 +211,34 @@ def main() -> None:
     with_torch = not args.no_transformers and transformers_available()
     for name in args.cases:
         case = CASES[name]
-        runners = {"textgen_jax": jax_runner(case)}
-        if with_torch:
-            runners["transformers"] = torch_runner(case)
-        for mode, batch in selected(case, "runs", args.modes):
-            results = timed({side: run(mode, batch) for side, (_, run) in runners.items()},
-                            args.runs)
-            lines = {side: record(name, side, mode, batch, case, *results[side],
-                                  runners[side][0]) for side in runners}
-            for line in lines.values():
-                emit(line)
-            report_bound(name, lines["textgen_jax"], bandwidth)
-            if with_torch:
-                ours, theirs = lines["textgen_jax"], lines["transformers"]
-                emit({"case": name, "comparison": "textgen_jax / transformers", "mode": mode,
-                      "batch": batch, "textgen_jax_new_tokens_per_s": ours["new_tokens_per_s"],
-                      "transformers_new_tokens_per_s": theirs["new_tokens_per_s"],
-                      "ratio": round(ours["new_tokens_per_s"] / theirs["new_tokens_per_s"], 2)})
-        chosen = selected(case, "bf16_runs", args.modes)
-        if chosen:  # ours only: no transformers baseline in this precision
-            size, run = jax_runner(case, "bfloat16")
+        # bfloat16 weights are ours only: transformers has no baseline in that precision.
+        for dtype, key in (("float32", "runs"), ("bfloat16", "bf16_runs")):
+            chosen = selected(case, key, args.modes)
+            if not chosen:
+                continue
+            runners = {"textgen_jax": jax_runner(case, dtype)}
+            if with_torch and dtype == "float32":
+                runners["transformers"] = torch_runner(case)
             for mode, batch in chosen:
-                line = record(name, "textgen_jax", mode, batch, case,
-                              *timed({"ours": run(mode, batch)}, args.runs)["ours"], size,
-                              "bfloat16")
-                emit(line)
-                report_bound(name, line, bandwidth)
+                compare(name, case, mode, batch, dtype, runners, args.runs, bandwidth)
+
+
+def compare(name: str, case: dict, mode: str, batch: int, dtype: str, runners: dict,
+            runs: int, bandwidth: dict) -> None:
+    """Times one mode and batch on every side in `runners` ({side: (parameter count,
+    run)}), and emits a line per side, the batch-1 bound and, with two sides, the ratio."""
+    results = timed({side: run(mode, batch) for side, (_, run) in runners.items()}, runs)
+    lines = {side: record(name, side, mode, batch, case, *results[side], runners[side][0],
+                          dtype) for side in runners}
+    for line in lines.values():
+        emit(line)
+    report_bound(name, lines["textgen_jax"], bandwidth)
+    if "transformers" in lines:
+        ours, theirs = lines["textgen_jax"], lines["transformers"]
+        emit({"case": name, "comparison": "textgen_jax / transformers", "mode": mode,
+              "batch": batch, "textgen_jax_new_tokens_per_s": ours["new_tokens_per_s"],
+              "transformers_new_tokens_per_s": theirs["new_tokens_per_s"],
+              "ratio": round(ours["new_tokens_per_s"] / theirs["new_tokens_per_s"], 2)})
 
 
 def report_bound(name: str, line: dict, bandwidth: dict) -> None:
