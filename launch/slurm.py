@@ -4,7 +4,8 @@ jax.distributed with the first node of the allocation as coordinator.
     python launch/slurm.py --nodes 4 --gpus-per-node 8 --partition gpu --time 24:00:00 \
         --workdir /shared/runs/gpt2_medium --config configs/gpt2.py:medium
 
-writes the batch script (--script, default WORKDIR/job.sbatch) and submits it with sbatch.
+writes the batch script (--script, default WORKDIR/job.sbatch) and submits it with sbatch, its
+log going to WORKDIR/slurm-JOBID.out.
 The workdir must be on a filesystem every node shares (every process writes its checkpoint
 shards). --dry-run prints the script and the sbatch command instead.
 """
@@ -24,11 +25,13 @@ PORT = 8476
 
 
 def batch_script(args: argparse.Namespace, train_flags: list[str]) -> str:
-    # $SLURM_PROCID is expanded by each task (single quotes), the coordinator once by the batch
-    # shell: the first host of the allocation, which runs process 0.
+    """The job script. Every path and flag is quoted for the batch shell, and srun hands them to
+    each task as arguments (`"$@"`), never through another layer of shell parsing; only
+    $SLURM_PROCID is read by each task, and the coordinator (the first host of the
+    allocation, which runs process 0) once by the batch shell."""
     train = common.train_command(args.config, args.workdir, [
-        "--coordinator_address=$JAX_COORDINATOR_ADDRESS", "--num_processes=$SLURM_NNODES",
-        "--process_id=$SLURM_PROCID", *train_flags])
+        f"--num_processes={args.nodes}", *train_flags])
+    task = 'exec "$@" --process_id="$SLURM_PROCID"'
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={args.job_name}",
@@ -37,19 +40,26 @@ def batch_script(args: argparse.Namespace, train_flags: list[str]) -> str:
         f"#SBATCH --gpus-per-node={args.gpus_per_node}",
         f"#SBATCH --cpus-per-task={args.cpus_per_task}",
         f"#SBATCH --time={args.time}",
-        f"#SBATCH --output={args.workdir}/slurm-%j.out",
         *([f"#SBATCH --partition={args.partition}"] if args.partition else []),
         *([f"#SBATCH --account={args.account}"] if args.account else []),
         "set -euo pipefail",
         'export JAX_COORDINATOR_ADDRESS="$(scontrol show hostnames "$SLURM_JOB_NODELIST" '
-        f'| head -n 1):{PORT}"',
-        *([f"source {shlex.quote(args.venv)}/bin/activate"] if args.venv else []),
+        f'| head -n 1):{args.port}"',
+        # Each process owns all its node's GPUs: JAX's own SLURM detection would otherwise give
+        # it only GPU $SLURM_LOCALID (one process per GPU).
+        f"export JAX_LOCAL_DEVICE_IDS={','.join(map(str, range(args.gpus_per_node)))}",
+        *([f"source {shlex.quote(args.venv + '/bin/activate')}"] if args.venv else []),
         f"cd {shlex.quote(args.repo)}",
         # One task per node; each sees all of its node's GPUs.
-        f"srun --ntasks={args.nodes} --ntasks-per-node=1 bash -c '"
-        + " ".join(train).replace("'", "'\\''") + "'",
+        f"srun --ntasks={args.nodes} --ntasks-per-node=1 bash -c {shlex.quote(task)} task "
+        + shlex.join(train),
     ]
     return "\n".join(lines) + "\n"
+
+
+def submit_command(args: argparse.Namespace, path: str) -> list[str]:
+    # The log path goes to sbatch as an argument: in an #SBATCH line a space would split it.
+    return ["sbatch", f"--output={os.path.join(args.workdir, 'slurm-%j.out')}", path]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="this repository's path on the nodes")
     parser.add_argument("--venv", default=os.environ.get("VIRTUAL_ENV"),
                         help="virtual environment to activate on the nodes")
+    parser.add_argument("--port", type=int, default=PORT, help="the coordinator's port on the "
+                        "first node")
     parser.add_argument("--script", default=None, help="default WORKDIR/job.sbatch")
     parser.add_argument("--dry-run", action="store_true", help="print the script and command")
     args, train_flags = parser.parse_known_args(argv)
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         Path(path).write_text(script)
-    common.run([["sbatch", path]], args.dry_run)
+    common.run([submit_command(args, path)], args.dry_run)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def load(workdir: str, step: int | None = None, best: bool = False) -> Loaded:
     shardings = partitioning.logical_shardings(boxed, mesh)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             nn.meta.unbox(boxed), shardings)
-    params, _ = checkpoint.restore_params(workdir, abstract, step, best=best)
+    params, _ = checkpoint.restore_params(workdir, abstract, step, best=best,
+                                          commit_file=config.train.checkpoint_commit_file)
     return Loaded(model, params, tokenizer, config)
 
 

@@ -127,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 200
     c.train.keep_checkpoints = 3
     c.train.async_checkpointing = True
+    # Finish each checkpoint with a commit file instead of a directory rename: for a workdir on
+    # a gcsfuse mount (a gs:// workdir gets this from Orbax by itself).
+    c.train.checkpoint_commit_file = False
     # Parameters not trained: '/'-joined path prefixes, e.g. ('token_embed', 'block_0').
     c.train.freeze = ()
 

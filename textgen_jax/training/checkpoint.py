@@ -39,10 +39,20 @@ def workdir_path(workdir: str | os.PathLike) -> epath.Path:
     return path if path.is_absolute() else path.absolute()
 
 
-def manager(workdir: str | os.PathLike, keep: int = 3,
-            async_save: bool = True) -> ocp.CheckpointManager:
+def _atomicity(commit_file: bool) -> ocp.options.AtomicityOptions | None:
+    """Orbax's default finishes a checkpoint by renaming its directory (a gs:// workdir gets a
+    commit file anyway); `commit_file` writes in place and finishes with a commit file, for a
+    bucket mounted with gcsfuse, where a rename copies and deletes every object."""
+    return ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE) \
+        if commit_file else None
+
+
+def manager(workdir: str | os.PathLike, keep: int = 3, async_save: bool = True,
+            commit_file: bool = False) -> ocp.CheckpointManager:
+    """The workdir's checkpoints; `commit_file` as config.train.checkpoint_commit_file."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        atomicity_options=_atomicity(commit_file))
     return ocp.CheckpointManager(workdir_path(workdir) / CHECKPOINT_DIR, options=options)
 
 
@@ -84,11 +94,13 @@ def restore_params_from(mngr: ocp.CheckpointManager, step: int, abstract_params:
     return restored["params"]
 
 
-def best_manager(workdir: str | os.PathLike, metric: str) -> ocp.CheckpointManager:
+def best_manager(workdir: str | os.PathLike, metric: str,
+                 commit_file: bool = False) -> ocp.CheckpointManager:
     """Keeps one params checkpoint in workdir/best: the one of the highest `metric`."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, best_fn=lambda metrics: metrics[metric], best_mode="max",
-        keep_checkpoints_without_metrics=False, enable_async_checkpointing=False)
+        keep_checkpoints_without_metrics=False, enable_async_checkpointing=False,
+        atomicity_options=_atomicity(commit_file))
     return ocp.CheckpointManager(workdir_path(workdir) / BEST_DIR, options=options)
 
 
@@ -102,17 +114,20 @@ def save_best(mngr: ocp.CheckpointManager, step: int, params: Any,
 
 
 def restore_params(workdir: str | os.PathLike, abstract_params: Any, step: int | None = None,
-                   best: bool = False) -> tuple[Any, int]:
+                   best: bool = False, commit_file: bool = False) -> tuple[Any, int]:
     """Only the params of the latest (or given) checkpoint in `workdir`, on the target
-    shardings; with `best`, those kept in workdir/best by a fine-tuning task's metric."""
+    shardings; with `best`, those kept in workdir/best by a fine-tuning task's metric.
+    `commit_file`: the run's config.train.checkpoint_commit_file (then a checkpoint still
+    being written, with no commit file yet, is never read)."""
     if best:
         best_dir = workdir_path(workdir) / BEST_DIR
         if not best_dir.is_dir():
             raise FileNotFoundError(f"{best_dir} not found: only a fine-tuning run "
                                     "(config.task.name) keeps a best checkpoint.")
-        mngr = ocp.CheckpointManager(best_dir)
+        mngr = ocp.CheckpointManager(best_dir, options=ocp.CheckpointManagerOptions(
+            atomicity_options=_atomicity(commit_file)))
     else:
-        mngr = manager(workdir)
+        mngr = manager(workdir, commit_file=commit_file)
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir_path(workdir) / CHECKPOINT_DIR}; "

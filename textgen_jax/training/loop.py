@@ -152,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # ---- checkpoint: resume from the latest, or start fresh --------------------------------
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints,
-                              config.train.async_checkpointing)
+                              config.train.async_checkpointing,
+                              config.train.checkpoint_commit_file)
     start_step = mngr.latest_step()
     if start_step is None:
         state, _ = steps.create_state(model, tx, config.data.seq_len, mesh, config.seed)
@@ -196,8 +197,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpoint.save(mngr, step, state, config, train_iterator, force=True)
             last_saved = step
 
-    best_mngr = (checkpoint.best_manager(workdir, objective.metrics[0]) if objective.metrics
-                 else None)
+    best_mngr = None
+    if objective.metrics:
+        best_mngr = checkpoint.best_manager(workdir, objective.metrics[0],
+                                            config.train.checkpoint_commit_file)
 
     predict_step = make_predict_step(config, objective)  # compiled once, not per evaluation
 
