@@ -33,7 +33,7 @@ setup(
     ],
     extras_require={
         # The test oracle only: never imported by the package itself.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.23,<6", "tokenizers>=0.20",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.23,<6", "tokenizers>=0.20",
                  "scikit-learn>=1.5", "scipy>=1.13", "rouge-score>=0.1.2", "sacrebleu>=2.4",
                  "seqeval>=1.2",
                  # launch/colab.ipynb runs headless in tests/decoding/test_colab_notebook.py.

@@ -395,6 +395,10 @@ def mount_script(bucket: str) -> str:
     ])
 
 
+def _interrupted(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -433,6 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give either --bucket (workdir gs://BUCKET/runs/NAME) or --workdir")
     if args.gcsfuse and not args.bucket:
         parser.error("--gcsfuse mounts --bucket: give --bucket too")
+    signal.signal(signal.SIGTERM, _interrupted)  # a closed terminal cleans up as Ctrl-C does
     try:
         launch(args, train_flags)
     except (LaunchError, KeyboardInterrupt) as error:

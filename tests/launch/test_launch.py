@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fake_cloud import calls, install
+from textgen_jax.config import base_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,6 +121,7 @@ def test_tpu_v6e_64_with_gcsfuse_writes_checkpoints_with_a_commit_file():
     train = _train_argv(_script(ssh[-1]))
     assert "--workdir=/mnt/gcs/runs/six" in train
     assert "--config.train.checkpoint_commit_file=true" in train
+    assert base_config().train.checkpoint_commit_file is False  # the key the flag sets
 
 
 def test_single_host_tpu_runs_one_process_without_a_coordinator():
