@@ -134,7 +134,6 @@ def delete_command(args: argparse.Namespace) -> list[str]:
 def install_script(args: argparse.Namespace, archive_name: str) -> str:
     """Unpacks the checkout, gets uv (with the image's Python, whatever its version), makes a
     Python --python venv and installs the package with its extra into it, in one resolution."""
-    extra = f"[{args.extra}]" if args.extra else ""
     return "\n".join([
         "set -euo pipefail",
         f"rm -rf {CODE} && mkdir -p {CODE} && tar xzf ~/{archive_name} -C {CODE}",
@@ -143,7 +142,7 @@ def install_script(args: argparse.Namespace, archive_name: str) -> str:
         "command -v uv >/dev/null || PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q "
         "--user --upgrade uv",
         f"uv venv -q --allow-existing --seed --python {shlex.quote(args.python)} {VENV}",
-        f'uv pip install -q --python {VENV}/bin/python -e "$HOME/textgen_jax{extra}"',
+        f'uv pip install -q --python {VENV}/bin/python -e "$HOME/textgen_jax[{args.extra}]"',
         f'echo "worker ready: $({VENV}/bin/python -V), jax $({VENV}/bin/python -c '
         f'"import jax; print(jax.__version__)")"',
     ])
