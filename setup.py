@@ -36,8 +36,6 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.23,<6", "tokenizers>=0.20",
                  "scikit-learn>=1.5", "scipy>=1.13", "rouge-score>=0.1.2", "sacrebleu>=2.4",
                  "seqeval>=1.2",
-                 # gs:// workdirs end to end: a stand-in GCS server, gcsfs to reach it.
-                 "gcp-storage-emulator>=2024.8", "gcsfs>=2024.1",
                  # launch/colab.ipynb runs headless in tests/decoding/test_colab_notebook.py.
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
         # Fine-tuning's ROUGE (summarization) and BLEU (translation) metrics.

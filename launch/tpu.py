@@ -115,14 +115,14 @@ def ssh(args: argparse.Namespace, worker: int, script: str) -> list[str]:
     return [*_gcloud(args, "tpu-vm", "ssh"), f"--worker={worker}", f"--command={script}"]
 
 
-def create_commands(args: argparse.Namespace, accelerator: str) -> list[list[str]]:
+def create_command(args: argparse.Namespace, accelerator: str) -> list[str]:
     version = args.version or FAMILIES[accelerator.split("-")[0]][3]
     spot = ["--spot"] if args.spot else []
     if args.queued:
-        return [[*_gcloud(args, "queued-resources", "create"), f"--node-id={args.name}",
-                 f"--accelerator-type={accelerator}", f"--runtime-version={version}", *spot]]
-    return [[*_gcloud(args, "tpu-vm", "create"), f"--accelerator-type={accelerator}",
-             f"--version={version}", *spot]]
+        return [*_gcloud(args, "queued-resources", "create"), f"--node-id={args.name}",
+                f"--accelerator-type={accelerator}", f"--runtime-version={version}", *spot]
+    return [*_gcloud(args, "tpu-vm", "create"), f"--accelerator-type={accelerator}",
+            f"--version={version}", *spot]
 
 
 def delete_command(args: argparse.Namespace) -> list[str]:
@@ -350,7 +350,7 @@ def launch(args: argparse.Namespace, train_flags: list[str]) -> None:
     created = False
     try:
         if not args.existing:
-            common.run(create_commands(args, accelerator), args.dry_run)
+            common.run([create_command(args, accelerator)], args.dry_run)
             created = True
             if args.queued:
                 wait_until_active(args)

@@ -82,26 +82,11 @@ def cli_env(num_devices: int = 1) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def fake_gcs(monkeypatch):
-    """A stand-in Google Cloud Storage server on 127.0.0.1 holding one empty bucket, `bucket`:
-    TensorStore (Orbax's arrays) and gcsfs (every other workdir file) of this process and of
-    the processes it starts talk to it instead of storage.googleapis.com. Yields the
-    environment variables that point them there (also set in os.environ)."""
-    from gcp_storage_emulator.server import create_server
-
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="bucket")
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    env = {"TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
-           "STORAGE_EMULATOR_HOST": url}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    yield env
-    server.stop()
+        return s.getsockname()[1]
 
 
 def cli_command(command: str, workdir: Path, *flags: str) -> list[str]:

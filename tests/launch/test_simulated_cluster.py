@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, cli_env, read_metrics
+from conftest import REPO, TINY_OVERRIDES, cli_env, free_port, read_metrics
 from fake_cloud import calls, install
 
 STEPS = 4
@@ -27,11 +26,6 @@ TRAIN = (f"--config.train.num_steps={STEPS}", f"--config.train.checkpoint_every=
          f"--config.train.eval_every={STEPS}", "--config.train.log_every=1", *TINY_OVERRIDES)
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -84,7 +78,7 @@ def test_tpu_pod_of_2_workers_installs_trains_into_one_workdir_and_deletes_the_t
     workdir = _shared_workdir(tmp_path, stdlib_tokenizer)
     started = time.monotonic()
     result = _tpu(env, tmp_path, f"--workdir={workdir}", "--config=configs/gpt2.py:tiny",
-                  f"--coordinator-port={_free_port()}", "--",
+                  f"--coordinator-port={free_port()}", "--",
                   f"--config.data.data_dir={stdlib_data_dir}", *TRAIN)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     logs = tmp_path / "tpu-logs" / "pod"
@@ -152,7 +146,7 @@ def test_slurm_job_script_runs_2_nodes_with_a_spaced_workdir_and_a_quoted_flag(
     submit = subprocess.run(
         [sys.executable, str(REPO / "launch" / "slurm.py"), "--nodes=2", "--gpus-per-node=1",
          f"--workdir={workdir}", f"--repo={REPO}", f"--venv={sys.prefix}",
-         f"--port={_free_port()}", "--config=configs/gpt2.py:tiny", "--",
+         f"--port={free_port()}", "--config=configs/gpt2.py:tiny", "--",
          f"--config.data.data_dir={stdlib_data_dir}", *TRAIN,
          "--config.train.freeze=('token_embed', 'block_0')"],
         env=env, capture_output=True, text=True, timeout=120)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli_command, cli_env, read_metrics, train_flags
+from conftest import REPO, cli_command, cli_env, free_port, read_metrics, train_flags
 
 STEPS = 20
 FLAGS = (f"--config.train.num_steps={STEPS}", "--config.train.log_every=1",
@@ -22,18 +21,13 @@ FLAGS = (f"--config.train.num_steps={STEPS}", "--config.train.log_every=1",
          "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.mesh.tensor=1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Cluster:
     """`num_processes` CLI processes of `devices` CPU devices each; killed on exit."""
 
     def __init__(self, workdir: Path, command: str, flags: tuple[str, ...], num_processes: int = 2,
                  devices: int = 4, heartbeat_timeout: int = 10):
-        port = _free_port()
+        port = free_port()
         self.logs = [workdir.parent / f"{workdir.name}.process{i}.log" for i in range(num_processes)]
         self.processes = []
         for i in range(num_processes):
@@ -179,7 +173,7 @@ def test_an_unreachable_coordinator_and_a_bad_process_id_are_clear_errors(tmp_pa
                               capture_output=True, text=True, timeout=120)
 
     start = time.monotonic()
-    result = run(f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2",
+    result = run(f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2",
                  "--process_id=1", "--distributed_timeout=3")
     assert time.monotonic() - start < 60
     assert result.returncode == 1
