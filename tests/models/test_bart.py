@@ -18,7 +18,7 @@ VOCAB = 101
 
 def _init_shapes(model: Bart) -> dict:
     return nn.meta.unbox(jax.eval_shape(
-        lambda: model.init(jax.random.key(0), *model.example_inputs(8))["params"]))
+        lambda: model.init(jax.random.key(0), model.example_batch(8))["params"]))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def tiny():
         return jnp.asarray(1.0 + 0.1 * noise if path[-1].key == "scale" else 0.3 * noise)
     params = jax.tree_util.tree_map_with_path(draw, _init_shapes(model))
     apply = jax.jit(lambda inputs, decoder_inputs, source_mask: model.apply(
-        {"params": params}, inputs, decoder_inputs, input_ids_mask=source_mask))
+        {"params": params}, {"inputs": inputs, "decoder_inputs": decoder_inputs,
+                             "segment_ids": source_mask})["logits"])
     return lambda inputs, decoder_inputs, source_mask: np.asarray(
         apply(inputs, decoder_inputs, source_mask))
 
@@ -97,7 +98,7 @@ def test_output_layer_is_tied_to_the_token_embeddings():
 def test_every_parameter_carries_logical_axis_names():
     model = Bart(TransformerConfig(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4,
                                    d_ff=64, max_len=32), num_decoder_layers=1)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs(8)))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), model.example_batch(8)))
     specs = nn.get_partition_spec(boxed["params"])
     flat_specs = jax.tree_util.tree_flatten_with_path(
         specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]

@@ -15,7 +15,7 @@ from textgen_jax.training import partitioning
 
 def _init_shapes(model: Bert) -> dict:
     return nn.meta.unbox(jax.eval_shape(
-        lambda: model.init(jax.random.key(0), *model.example_inputs(8))["params"]))
+        lambda: model.init(jax.random.key(0), model.example_batch(8))["params"]))
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def tiny():
         return jnp.asarray(1.0 + 0.1 * noise if path[-1].key == "scale" else 0.3 * noise)
     params = jax.tree_util.tree_map_with_path(draw, _init_shapes(model))
     apply = jax.jit(lambda inputs, token_types, attention_ids: model.apply(
-        {"params": params}, inputs, token_types, attention_ids=attention_ids))
+        {"params": params}, {"inputs": inputs, "token_types": token_types,
+                             "segment_ids": attention_ids}))
     return apply
 
 
@@ -42,7 +43,7 @@ def test_changing_a_later_token_changes_earlier_outputs(tiny):
     before = tiny(inputs, token_types, attention)
     after = tiny(changed, token_types, attention)
     # Bidirectional: the first tokens (and [CLS]'s NSP logits) see the change at position 12.
-    assert np.abs(after["mlm_logits"][:, :12] - before["mlm_logits"][:, :12]).min(-1).max() > 1e-3
+    assert np.abs(after["logits"][:, :12] - before["logits"][:, :12]).min(-1).max() > 1e-3
     assert np.abs(np.asarray(after["nsp_logits"]) - np.asarray(before["nsp_logits"])).max() > 1e-4
 
 
@@ -51,8 +52,8 @@ def test_token_types_change_the_outputs(tiny):
     attention = np.ones_like(inputs)
     segment_b = np.zeros_like(inputs)
     segment_b[:, 6:] = 1
-    a = tiny(inputs, np.zeros_like(inputs), attention)["mlm_logits"]
-    b = tiny(inputs, segment_b, attention)["mlm_logits"]
+    a = tiny(inputs, np.zeros_like(inputs), attention)["logits"]
+    b = tiny(inputs, segment_b, attention)["logits"]
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-2
 
 
@@ -67,15 +68,15 @@ def test_padding_never_changes_the_outputs_of_real_tokens(tiny):
     types = np.concatenate([np.repeat(real_types, 2, 0), rng.integers(0, 2, size=(2, 6))], 1)
     attention = np.array([[1] * 10 + [0] * 6] * 2, np.int32)
     out = tiny(padded, types.astype(np.int32), attention)
-    assert np.all(np.isfinite(np.asarray(out["mlm_logits"])))
+    assert np.all(np.isfinite(np.asarray(out["logits"])))
     for row in range(2):
-        np.testing.assert_allclose(out["mlm_logits"][row, :10], alone["mlm_logits"][0],
+        np.testing.assert_allclose(out["logits"][row, :10], alone["logits"][0],
                                    atol=1e-5, rtol=0)
         np.testing.assert_allclose(out["nsp_logits"][row], alone["nsp_logits"][0],
                                    atol=1e-5, rtol=0)
     # Without the padding mask the pads are seen: the check has teeth.
     leaky = tiny(padded, types.astype(np.int32), np.ones_like(attention))
-    assert np.abs(np.asarray(leaky["mlm_logits"][0, :10]) - alone["mlm_logits"][0]).max() > 1e-2
+    assert np.abs(np.asarray(leaky["logits"][0, :10]) - alone["logits"][0]).max() > 1e-2
 
 
 def test_mlm_decoder_is_tied_to_the_word_embeddings(tiny):
@@ -92,7 +93,7 @@ def test_mlm_decoder_is_tied_to_the_word_embeddings(tiny):
 def test_every_parameter_carries_logical_axis_names():
     model = Bert(TransformerConfig(vocab_size=101, num_layers=1, d_model=32, num_heads=4,
                                    d_ff=64, max_len=32))
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs(8)))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), model.example_batch(8)))
     specs = nn.get_partition_spec(boxed["params"])
     flat_specs = jax.tree_util.tree_flatten_with_path(
         specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]

@@ -19,7 +19,7 @@ VOCAB = 101
 
 def _init_shapes(model: GPT) -> dict:
     return nn.meta.unbox(jax.eval_shape(
-        lambda: model.init(jax.random.key(0), *model.example_inputs(8))["params"]))
+        lambda: model.init(jax.random.key(0), model.example_batch(8))["params"]))
 
 
 def _random_tokens(rng: np.random.Generator, *shape: int, vocab: int = VOCAB) -> np.ndarray:
@@ -40,7 +40,8 @@ def tiny():
         return jnp.asarray(1.0 + 0.1 * noise if path[-1].key == "scale" else 0.3 * noise)
     params = jax.tree_util.tree_map_with_path(draw, _init_shapes(model))
     apply = jax.jit(lambda params, inputs, segments, positions: model.apply(
-        {"params": params}, inputs, segments, positions))
+        {"params": params},
+        {"inputs": inputs, "segment_ids": segments, "positions": positions})["logits"])
     return params, apply
 
 

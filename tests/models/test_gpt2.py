@@ -29,7 +29,7 @@ def _random_params(model: GPT2, std: float, seed: int = 0) -> dict:
     LayerNorm scales are 1 + noise, every other leaf (biases included) normal(0, std).
     """
     shapes = nn.meta.unbox(jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]))
+        lambda: model.init(jax.random.key(0), model.example_batch(8))["params"]))
     rng = np.random.default_rng(seed)
 
     def draw(path, shape):
@@ -45,7 +45,8 @@ def tiny():
     far beyond the tolerances below."""
     model = GPT2(_tiny_config())
     apply = jax.jit(lambda params, inputs, segments, positions: model.apply(
-        {"params": params}, inputs, segments, positions))
+        {"params": params},
+        {"inputs": inputs, "segment_ids": segments, "positions": positions})["logits"])
     return _random_params(model, std=0.3), apply
 
 
@@ -121,7 +122,7 @@ def test_init_scales_residual_projections_by_depth():
     model = GPT2(TransformerConfig(vocab_size=512, num_layers=num_layers, d_model=128,
                                    num_heads=4, d_ff=512, max_len=128))
     params = nn.meta.unbox(jax.jit(lambda: model.init(
-        jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"])())
+        jax.random.key(0), model.example_batch(8))["params"])())
     residual_std = 0.02 / np.sqrt(2 * num_layers)  # GPT-2 paper §2.3
     checked = set()
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -144,7 +145,7 @@ def test_init_scales_residual_projections_by_depth():
 def test_every_parameter_carries_logical_axis_names():
     model = GPT2(_tiny_config())
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                              jnp.ones((1, 8), jnp.int32))["params"])
+                                              model.example_batch(8))["params"])
     specs = nn.get_partition_spec(boxed)
     shapes = nn.meta.unbox(boxed)
     flat_specs = jax.tree_util.tree_flatten_with_path(
@@ -167,7 +168,8 @@ def test_output_layer_is_the_token_embedding(tiny):
     # Token 7 is absent from the input, so its row is reached only through the output layer.
     model = GPT2(_tiny_config())
     inputs = jnp.array([[1, 2, 3, 4, 5]], jnp.int32)
-    grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, inputs)[..., 7].sum()))(params)
+    grads = jax.jit(jax.grad(
+        lambda p: model.apply({"params": p}, {"inputs": inputs})["logits"][..., 7].sum()))(params)
     table_grad = np.asarray(grads["token_embed"]["embedding"])
     assert np.abs(table_grad[7]).max() > 0
     assert np.all(table_grad[[0, 6, 8, 100]] == 0)  # neither input nor output rows
@@ -187,7 +189,7 @@ def test_bfloat16_compute_keeps_float32_params_and_matches_float32_loss():
     batch = {k: jnp.asarray(v) for k, v in _batch(np.random.default_rng(6), 4, 16).items()}
     f32 = GPT2(_tiny_config())
     bf16 = GPT2(_tiny_config(dtype=jnp.bfloat16))
-    initialised = jax.eval_shape(lambda: bf16.init(jax.random.key(0), batch["inputs"]))
+    initialised = jax.eval_shape(lambda: bf16.init(jax.random.key(0), batch))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(initialised))
     params = _random_params(bf16, std=0.02)
 

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from textgen_jax.config import validate
-from textgen_jax.models import ARCHITECTURES, build_model
+from textgen_jax.config import base_config, validate
+from textgen_jax.models import build_model
 from textgen_jax.models.layers import TransformerConfig
 from textgen_jax.models.xlm import Xlm
 from textgen_jax.training import partitioning
@@ -20,7 +20,7 @@ from textgen_jax.training import partitioning
 
 def _init_shapes(model: Xlm) -> dict:
     return nn.meta.unbox(jax.eval_shape(
-        lambda: model.init(jax.random.key(0), *model.example_inputs(8))["params"]))
+        lambda: model.init(jax.random.key(0), model.example_batch(8))["params"]))
 
 
 def _tiny_apply(causal: bool):
@@ -35,7 +35,8 @@ def _tiny_apply(causal: bool):
         return jnp.asarray(1.0 + 0.1 * noise if path[-1].key == "scale" else 0.3 * noise)
     params = jax.tree_util.tree_map_with_path(draw, _init_shapes(model))
     return jax.jit(lambda inputs, langs, attention_ids: model.apply(
-        {"params": params}, inputs, langs, attention_ids=attention_ids))
+        {"params": params}, {"inputs": inputs, "langs": langs,
+                             "segment_ids": attention_ids})["logits"])
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_sinusoidal_positions_and_one_language_add_no_parameters():
 def test_every_parameter_carries_logical_axis_names():
     model = Xlm(TransformerConfig(vocab_size=101, num_layers=1, d_model=32, num_heads=4,
                                   d_ff=64, max_len=32), num_languages=3)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs(8)))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), model.example_batch(8)))
     specs = nn.get_partition_spec(boxed["params"])
     flat_specs = jax.tree_util.tree_flatten_with_path(
         specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
@@ -136,7 +137,9 @@ def test_every_parameter_carries_logical_axis_names():
 
 
 def test_registered_as_xlm():
-    assert ARCHITECTURES["xlm"] is Xlm
+    config = base_config()
+    config.model.update(arch="xlm", encoder_decoder=False)
+    assert isinstance(build_model(config.model, 101), Xlm)
 
 
 def _xlm_preset(preset: str):

@@ -61,8 +61,10 @@ def built():
 
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(model, params, source, target, source_mask, target_mask, langs, decoder_langs):
-    return model.apply({"params": params}, source, target, input_ids_mask=source_mask,
-                       decoder_mask=target_mask, langs=langs, decoder_langs=decoder_langs)
+    return model.apply({"params": params}, {
+        "inputs": source, "decoder_inputs": target, "segment_ids": source_mask,
+        "decoder_segment_ids": target_mask, "langs": langs, "decoder_langs": decoder_langs}
+    )["logits"]
 
 
 def _padded(rows, length):

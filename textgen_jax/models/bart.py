@@ -12,6 +12,7 @@ between the causal self-attention and the MLP. Logits are the tied projection pl
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,7 @@ from textgen_jax.models.heads import ClassificationHead, gather_positions
 from textgen_jax.models.layers import (MLP, REMAT_POLICIES, Embed, LayerNorm, MultiHeadAttention,
                                        TransformerBlock, TransformerConfig, add_bias,
                                        attention_mask, cached_attention_mask, layer_stack)
+from textgen_jax.models.spec import ENCODER_DECODER, ArchitectureSpec
 
 # The reference's learned position table keeps two extra leading rows (a fairseq legacy of
 # padding_idx = 1): position p reads row p + 2.
@@ -131,9 +133,10 @@ class Bart(nn.Module):
         if self.num_labels:
             self.classification_head = ClassificationHead(cfg, self.num_labels)
 
-    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
-        """Arguments of a minimal call, for `init` (shapes only matter)."""
-        return (jnp.ones((1, seq_len), jnp.int32), jnp.ones((1, seq_len), jnp.int32))
+    def example_batch(self, seq_len: int) -> dict[str, jax.Array]:
+        """A minimal batch, for `init` (shapes only matter)."""
+        ones = jnp.ones((1, seq_len), jnp.int32)
+        return {"inputs": ones, "decoder_inputs": ones}
 
     def _embed_tokens(self, ids: jax.Array) -> jax.Array:
         x = self.token_embed(ids)
@@ -141,70 +144,87 @@ class Bart(nn.Module):
             x = x * np.sqrt(self.cfg.d_model).astype(x.dtype)
         return x
 
-    def encode(self, inputs: jax.Array, input_ids_mask: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-        """inputs [batch, source_len] int -> encoded [batch, source_len, embed].
+    def encode(self, batch: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
+        """batch['inputs'] [batch, source_len] int -> encoded [batch, source_len, embed].
 
-        input_ids_mask [batch, source_len]: 1 for real tokens, 0 for padding (segment ids of
-        packed rows also work: tokens attend only to tokens with the same id).
+        batch['segment_ids'] [batch, source_len] (optional): 1 (or a packed row's document id)
+        for real tokens, 0 for padding; tokens attend only to tokens with the same id.
         """
-        if input_ids_mask is None:
-            input_ids_mask = jnp.ones_like(inputs)
-        mask = attention_mask(input_ids_mask, input_ids_mask, causal=False)
+        inputs = batch["inputs"]
+        segment_ids = batch.get("segment_ids", jnp.ones_like(inputs))
+        mask = attention_mask(segment_ids, segment_ids, causal=False)
         return self.encoder(self._embed_tokens(inputs), mask, deterministic=deterministic)
 
-    def decode(self, decoder_inputs: jax.Array, encoded: jax.Array | None,
-               input_ids_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
-               deterministic: bool = True, decode: bool = False) -> jax.Array:
-        """decoder_inputs [batch, target_len] int, encoded [batch, source_len, embed] ->
-        float32 logits [batch, target_len, vocab].
+    def decode(self, batch: Mapping[str, jax.Array], encoded: jax.Array | None,
+               deterministic: bool = True, decode: bool = False) -> dict[str, jax.Array]:
+        """batch['decoder_inputs'] [batch, target_len] int, encoded [batch, source_len, embed]
+        -> {'logits': float32 [batch, target_len, vocab]}.
 
-        input_ids_mask is the source's (as in `encode`), decoder_mask the target's (1 real,
-        0 padding); a target token attends to target tokens up to itself and to every real
-        source token. `decode` appends decoder_inputs to the KV cache ('cache' collection, sized
-        by `init` with decode=True); the first decode call passes `encoded`, later ones None
-        (its projections are cached) with the same input_ids_mask.
+        batch['segment_ids'] is the source's (as in `encode`), batch['decoder_segment_ids'] the
+        target's (1 real, 0 padding); a target token attends to target tokens up to itself and
+        to every real source token. `decode` appends the decoder inputs to the KV cache
+        ('cache' collection, sized by `init` with decode=True); the first decode call passes
+        `encoded`, later ones None (its projections are cached) with the same source
+        segment_ids.
         """
-        if input_ids_mask is None:
-            input_ids_mask = jnp.ones(encoded.shape[:2], jnp.int32)
-        if decoder_mask is None:
-            decoder_mask = jnp.ones_like(decoder_inputs)
-        self_mask = None if decode else attention_mask(decoder_mask, decoder_mask, causal=True)
-        cross_mask = attention_mask(decoder_mask, input_ids_mask, causal=False)
-        x = self.decoder(self._embed_tokens(decoder_inputs), self_mask, encoded, cross_mask,
-                         deterministic=deterministic,
-                         decode_segments=decoder_mask if decode else None)
-        return self._logits(x)
+        return {"logits": self._logits(self._decoder_states(batch, encoded, deterministic,
+                                                            decode))}
+
+    def _decoder_states(self, batch: Mapping[str, jax.Array], encoded: jax.Array | None,
+                        deterministic: bool, decode: bool) -> jax.Array:
+        decoder_inputs = batch["decoder_inputs"]
+        source_segments = batch.get("segment_ids")
+        if source_segments is None:
+            source_segments = jnp.ones(encoded.shape[:2], jnp.int32)
+        target_segments = batch.get("decoder_segment_ids", jnp.ones_like(decoder_inputs))
+        self_mask = (None if decode
+                     else attention_mask(target_segments, target_segments, causal=True))
+        cross_mask = attention_mask(target_segments, source_segments, causal=False)
+        return self.decoder(self._embed_tokens(decoder_inputs), self_mask, encoded, cross_mask,
+                            deterministic=deterministic,
+                            decode_segments=target_segments if decode else None)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         logits = add_bias(self.token_embed.attend(x), self.final_logits_bias)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
-    def __call__(self, inputs: jax.Array, decoder_inputs: jax.Array,
-                 input_ids_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
-                 deterministic: bool = True, decode: bool = False,
-                 extract_positions: jax.Array | None = None
-                 ) -> jax.Array | dict[str, jax.Array]:
-        """inputs [batch, source_len], decoder_inputs [batch, target_len] int ->
-        float32 logits [batch, target_len, vocab]; masks as in `encode` and `decode`.
+    def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True,
+                 decode: bool = False) -> dict[str, jax.Array]:
+        """batch['inputs'] [batch, source_len], batch['decoder_inputs'] [batch, target_len] int
+        -> {'logits': float32 [batch, target_len, vocab]}; segment ids as in `encode` and
+        `decode`.
 
-        With num_labels > 0: {'logits', 'classification_logits': float32 [batch, num_labels]
-        of the decoder state at extract_positions [batch] (the final eos; default the last)}.
+        With num_labels > 0, also 'classification_logits': float32 [batch, num_labels] of the
+        decoder state at batch['extract_positions'] [batch] (the final eos; default the last).
         """
-        encoded = self.encode(inputs, input_ids_mask, deterministic=deterministic)
-        if not self.num_labels:
-            return self.decode(decoder_inputs, encoded, input_ids_mask, decoder_mask,
-                               deterministic=deterministic, decode=decode)
-        if input_ids_mask is None:
-            input_ids_mask = jnp.ones_like(inputs)
-        if decoder_mask is None:
-            decoder_mask = jnp.ones_like(decoder_inputs)
-        x = self.decoder(self._embed_tokens(decoder_inputs),
-                         attention_mask(decoder_mask, decoder_mask, causal=True), encoded,
-                         attention_mask(decoder_mask, input_ids_mask, causal=False),
-                         deterministic=deterministic)
-        if extract_positions is None:
-            extract_positions = jnp.full(decoder_inputs.shape[:1], decoder_inputs.shape[1] - 1)
-        state = gather_positions(x, extract_positions)
-        return {"logits": self._logits(x),
-                "classification_logits": self.classification_head(state, deterministic)}
+        encoded = self.encode(batch, deterministic=deterministic)
+        x = self._decoder_states(batch, encoded, deterministic, decode)
+        outputs = {"logits": self._logits(x)}
+        if self.num_labels:
+            decoder_inputs = batch["decoder_inputs"]
+            last = jnp.full(decoder_inputs.shape[:1], decoder_inputs.shape[1] - 1)
+            extract_positions = batch.get("extract_positions", last)
+            outputs["classification_logits"] = self.classification_head(
+                gather_positions(x, extract_positions), deterministic)
+        return outputs
+
+
+class BartSpec(ArchitectureSpec):
+    """An encoder-decoder: a source `<s> text </s>`, pairs as `<s> A </s></s> B </s>` (the
+    reference's), and a classifier on the decoder's final eos."""
+
+    name = "bart"
+    kind = ENCODER_DECODER
+    batch_keys = ("inputs", "segment_ids", "decoder_inputs", "decoder_segment_ids",
+                  "extract_positions")
+
+    def build(self, vocab_size: int) -> Bart:
+        m = self.model_config
+        return Bart(self.transformer_config(vocab_size), num_decoder_layers=m.num_decoder_layers,
+                    scale_embedding=m.scale_embedding, num_labels=m.num_labels)
+
+    def pair_layout(self, tokenizer, has_b: bool) -> tuple[list[int], list[int], list[int]]:
+        eos = tokenizer.eos_id
+        if has_b:
+            return [tokenizer.bos_id], [eos, eos], [eos]
+        return [tokenizer.bos_id], [eos], []

@@ -9,6 +9,8 @@ implementation does. Names map onto Hugging Face's BertForPreTraining (tests/mod
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,7 @@ from textgen_jax.models.heads import classifier, token_head_outputs
 from textgen_jax.models.layers import (DenseGeneral, Embed, LayerNorm, TransformerBlock,
                                        TransformerConfig, activation_fn, add_bias, attention_mask,
                                        layer_stack)
+from textgen_jax.models.spec import ENCODER, ArchitectureSpec
 
 NUM_NSP_CLASSES = 2  # class 0: B is A's true next segment, class 1: B is random (reference order)
 
@@ -52,28 +55,32 @@ class Bert(nn.Module):
     # Not a generator: the loop's end-of-training samples and `generate` skip/refuse it.
     can_generate = False
 
-    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
-        """Arguments of a minimal call, for `init` (shapes only matter)."""
-        return (jnp.ones((1, seq_len), jnp.int32), jnp.zeros((1, seq_len), jnp.int32))
+    def example_batch(self, seq_len: int) -> dict[str, jax.Array]:
+        """A minimal batch, for `init` (shapes only matter)."""
+        return {"inputs": jnp.ones((1, seq_len), jnp.int32),
+                "token_types": jnp.zeros((1, seq_len), jnp.int32)}
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, token_types: jax.Array,
-                 positions: jax.Array | None = None, attention_ids: jax.Array | None = None,
+    def __call__(self, batch: Mapping[str, jax.Array],
                  deterministic: bool = True) -> dict[str, jax.Array]:
-        """inputs, token_types (0 = segment A, 1 = B) [batch, length] int ->
-        {'mlm_logits': float32 [batch, length, vocab], 'nsp_logits': float32 [batch, 2]},
-        and 'classification_logits' float32 [batch, num_labels] when num_labels > 0; with a
-        `head`, that head's outputs instead ('token_logits' [batch, length, num_labels], or
-        'start_logits' and 'end_logits' [batch, length]; models/heads.py).
+        """batch['inputs'] [batch, length] int ->
+        {'logits': the MLM logits, float32 [batch, length, vocab], 'nsp_logits': float32
+        [batch, 2]}, and 'classification_logits' float32 [batch, num_labels] when
+        num_labels > 0; with a `head`, that head's outputs instead ('token_logits' [batch,
+        length, num_labels], or 'start_logits' and 'end_logits' [batch, length];
+        models/heads.py).
 
-        attention_ids [batch, length]: 0 for padding, which no token attends to; tokens attend
-        only to tokens with the same id (default all ones). positions default to 0, 1, ...
+        Optional keys: 'token_types' [batch, length] (0 = segment A, the default; 1 = B);
+        'segment_ids' [batch, length], 0 for padding, which no token attends to;
+        tokens attend only to tokens with the same id (default all ones). 'positions' default
+        to 0, 1, ...
         """
         cfg = self.cfg
-        if attention_ids is None:
-            attention_ids = jnp.ones_like(inputs)
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+        inputs = batch["inputs"]
+        segment_ids = batch.get("segment_ids", jnp.ones_like(inputs))
+        positions = batch.get("positions",
+                              jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape))
+        token_types = batch.get("token_types", jnp.zeros_like(inputs))
         embed = lambda num, axes, name: Embed(num, cfg.d_model, table_axes=axes,  # noqa: E731
                                               init_std=cfg.init_std, dtype=cfg.dtype, name=name)
         token_embed = embed(cfg.vocab_size, ("vocab", "embed"), "token_embed")
@@ -84,7 +91,7 @@ class Bert(nn.Module):
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-        mask = attention_mask(attention_ids, attention_ids, causal=False)
+        mask = attention_mask(segment_ids, segment_ids, causal=False)
         x = layer_stack(TransformerBlock, cfg.num_layers, cfg.scan_layers, cfg=cfg,
                         pre_norm=False, residual_init_std=cfg.init_std)(x, mask, deterministic)
 
@@ -95,8 +102,7 @@ class Bert(nn.Module):
             NUM_NSP_CLASSES, kernel_axes=("embed", None), dtype=cfg.dtype,
             kernel_init=nn.initializers.normal(cfg.init_std), name="nsp")(pooled)
         mlm_logits = MaskedLMHead(cfg, name="mlm")(x, token_embed)
-        outputs = {"mlm_logits": nn.with_logical_constraint(mlm_logits,
-                                                            ("batch", "length", "vocab")),
+        outputs = {"logits": nn.with_logical_constraint(mlm_logits, ("batch", "length", "vocab")),
                    "nsp_logits": nsp_logits.astype(jnp.float32)}
         if self.head:
             outputs.update(token_head_outputs(cfg, self.head, self.num_labels, x, deterministic))
@@ -105,3 +111,19 @@ class Bert(nn.Module):
             outputs["classification_logits"] = classifier(cfg, self.num_labels)(
                 pooled).astype(jnp.float32)
         return outputs
+
+
+class BertSpec(ArchitectureSpec):
+    """`[CLS] A [SEP] B [SEP]` rows with token types (§3.2); fill-mask frames `[CLS] text
+    [SEP]` (§3.1)."""
+
+    name = "bert"
+    kind = ENCODER
+    batch_keys = ("inputs", "segment_ids", "positions", "token_types")
+
+    def build(self, vocab_size: int) -> Bert:
+        m = self.model_config
+        return Bert(self.transformer_config(vocab_size), num_labels=m.num_labels, head=m.head)
+
+    def pair_layout(self, tokenizer, has_b: bool) -> tuple[list[int], list[int], list[int]]:
+        return [tokenizer.cls_id], [tokenizer.sep_id], [tokenizer.sep_id] if has_b else []

@@ -6,6 +6,9 @@ the token embedding. Packed documents stay apart through segment ids (0 = paddin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,7 @@ import numpy as np
 from textgen_jax.models.heads import classifier, gather_positions
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
                                        attention_mask, cached_attention_mask, layer_stack)
+from textgen_jax.models.spec import DECODER, ArchitectureSpec
 
 
 class DecoderLM(nn.Module):
@@ -26,28 +30,27 @@ class DecoderLM(nn.Module):
     # > 0: a sequence classifier on the state of each row's extract token (GPT §3.3).
     num_labels: int = 0
 
-    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
-        """Arguments of a minimal call, for `init` (shapes only matter)."""
-        return (jnp.ones((1, seq_len), jnp.int32),)
+    def example_batch(self, seq_len: int) -> dict[str, jax.Array]:
+        """A minimal batch, for `init` (shapes only matter)."""
+        return {"inputs": jnp.ones((1, seq_len), jnp.int32)}
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, segment_ids: jax.Array | None = None,
-                 positions: jax.Array | None = None, deterministic: bool = True,
-                 decode: bool = False, extract_positions: jax.Array | None = None
-                 ) -> jax.Array | dict[str, jax.Array]:
-        """inputs [batch, length] int -> float32 logits [batch, length, vocab].
+    def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True,
+                 decode: bool = False) -> dict[str, jax.Array]:
+        """batch['inputs'] [batch, length] int -> {'logits': float32 [batch, length, vocab]}.
 
-        segment_ids (0 = padding) keep packed documents apart; positions restart per document.
-        `decode` appends the inputs to the KV cache ('cache' collection, sized by `init` with
-        decode=True) and attends over everything cached; pass the positions then.
-        With num_labels > 0: {'logits': the LM logits, 'classification_logits': float32
-        [batch, num_labels] of the state at extract_positions [batch] (default: the last)}.
+        Optional keys: 'segment_ids' (0 = padding) keep packed documents apart; 'positions'
+        restart per document. `decode` appends the inputs to the KV cache ('cache' collection,
+        sized by `init` with decode=True) and attends over everything cached; pass the
+        positions then. With num_labels > 0, also 'classification_logits': float32
+        [batch, num_labels] of the state at batch['extract_positions'] [batch] (default: the
+        last).
         """
+        inputs = batch["inputs"]
+        segment_ids = batch.get("segment_ids", jnp.ones_like(inputs))
+        positions = batch.get("positions",
+                              jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape))
         cfg = self.cfg
-        if segment_ids is None:
-            segment_ids = jnp.ones_like(inputs)
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
         token_embed = Embed(cfg.vocab_size, cfg.d_model, init_std=cfg.init_std, dtype=cfg.dtype,
                             name="token_embed")
         position_embed = Embed(cfg.max_len, cfg.d_model, table_axes=("length", "embed"),
@@ -69,13 +72,31 @@ class DecoderLM(nn.Module):
         x = blocks(x, mask, deterministic, decode)
         if self.pre_norm:  # post-LN blocks already end in a LayerNorm
             x = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="final_norm")(x)
-        logits = nn.with_logical_constraint(token_embed.attend(x), ("batch", "length", "vocab"))
-        if not self.num_labels:
-            return logits
-        if extract_positions is None:
-            extract_positions = jnp.full(inputs.shape[:1], inputs.shape[1] - 1)
-        state = nn.Dropout(cfg.dropout)(gather_positions(x, extract_positions),
-                                        deterministic=deterministic)
-        return {"logits": logits,
-                "classification_logits": classifier(cfg, self.num_labels)(state).astype(
-                    jnp.float32)}
+        outputs = {"logits": nn.with_logical_constraint(token_embed.attend(x),
+                                                        ("batch", "length", "vocab"))}
+        if self.num_labels:
+            extract_positions = batch.get("extract_positions",
+                                          jnp.full(inputs.shape[:1], inputs.shape[1] - 1))
+            state = nn.Dropout(cfg.dropout)(gather_positions(x, extract_positions),
+                                            deterministic=deterministic)
+            outputs["classification_logits"] = classifier(cfg, self.num_labels)(state).astype(
+                jnp.float32)
+        return outputs
+
+
+class DecoderSpec(ArchitectureSpec):
+    """GPT's and GPT-2's spec: a document opens with [bos]; fine-tuning rows are
+    `start A delim B extract` (GPT §3.3), the classifier reading the extract token."""
+
+    module: ClassVar[type[DecoderLM]]
+    batch_keys = ("inputs", "segment_ids", "positions", "extract_positions")
+    kind = DECODER
+
+    def build(self, vocab_size: int) -> DecoderLM:
+        return self.module(self.transformer_config(vocab_size),
+                           num_labels=self.model_config.num_labels)
+
+    def pair_layout(self, tokenizer, has_b: bool) -> tuple[list[int], list[int], list[int]]:
+        if has_b:
+            return [tokenizer.bos_id], [tokenizer.sep_id], [tokenizer.eos_id]
+        return [tokenizer.bos_id], [tokenizer.eos_id], []

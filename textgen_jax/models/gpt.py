@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from textgen_jax.models.decoder import DecoderLM
+from textgen_jax.models.decoder import DecoderLM, DecoderSpec
 
 
 class GPT(DecoderLM):
-    """Names map directly onto Hugging Face's OpenAIGPTLMHeadModel (tokens_embed,
-    positions_embed, h.i.{attn, ln_1, mlp, ln_2}).
-
-    Unlike GPT-2 there is no final LayerNorm: each block already ends in one (post-LN), and
-    every weight is initialised N(0, 0.02) (paper §4.1), with no depth scaling.
-    """
+    """Unlike GPT-2 there is no final LayerNorm: each block already ends in one (post-LN), and
+    every weight is initialised N(0, 0.02) (paper §4.1), with no depth scaling. Our parameter
+    names map onto Hugging Face's OpenAIGPTLMHeadModel through convert/tables.py."""
 
     pre_norm: bool = False
     scale_residual_init: bool = False
+
+
+class GPTSpec(DecoderSpec):
+    name = "gpt"
+    module = GPT

@@ -10,6 +10,8 @@ with its own bias per vocabulary entry. Names map onto Hugging Face's XLMWithLMH
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -87,34 +89,35 @@ class Xlm(nn.Module):
         """Only the causal (CLM) mode has a next-token head to decode with."""
         return self.causal
 
-    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
-        """Arguments of a minimal call, for `init` (shapes only matter)."""
-        return (jnp.ones((1, seq_len), jnp.int32), jnp.zeros((1, seq_len), jnp.int32))
+    def example_batch(self, seq_len: int) -> dict[str, jax.Array]:
+        """A minimal batch, for `init` (shapes only matter; langs create the language
+        embedding)."""
+        return {"inputs": jnp.ones((1, seq_len), jnp.int32),
+                "langs": jnp.zeros((1, seq_len), jnp.int32)}
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, langs: jax.Array | None = None,
-                 positions: jax.Array | None = None, attention_ids: jax.Array | None = None,
-                 deterministic: bool = True, decode: bool = False) -> jax.Array:
-        """inputs [batch, length] int -> float32 logits [batch, length, vocab].
+    def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True,
+                 decode: bool = False) -> dict[str, jax.Array]:
+        """batch['inputs'] [batch, length] int -> {'logits': float32 [batch, length, vocab]}.
 
-        langs [batch, length]: language ids in [0, num_languages); ignored with one language,
-        and, as in the reference, no language embedding is added when None. attention_ids
-        [batch, length]: 0 for padding, which no token attends to; tokens attend only to tokens
-        with the same id (default all ones). positions default to 0, 1, ... `decode` (causal
-        mode only) appends the inputs to the KV cache, as in DecoderLM.
+        Optional keys: 'langs' [batch, length], language ids in [0, num_languages), ignored
+        with one language, and, as in the reference, no language embedding is added without
+        them; 'segment_ids' [batch, length], 0 for padding, which no token attends to; tokens
+        attend only to tokens with the same id (default all ones); 'positions' default to 0,
+        1, ... `decode` (causal mode only) appends the inputs to the KV cache, as in DecoderLM.
 
-        With num_labels > 0 or a `head`: {'logits': those logits, and 'classification_logits'
-        float32 [batch, num_labels] of the first token's state, or the head's outputs
-        ('token_logits' [batch, length, num_labels], or 'start_logits' and 'end_logits'
-        [batch, length]; models/heads.py)}.
+        With num_labels > 0, also 'classification_logits' float32 [batch, num_labels] of the
+        first token's state; with a `head`, that head's outputs instead ('token_logits'
+        [batch, length, num_labels], or 'start_logits' and 'end_logits' [batch, length];
+        models/heads.py).
         """
         cfg = self.cfg
-        if attention_ids is None:
-            attention_ids = jnp.ones_like(inputs)
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+        inputs = batch["inputs"]
+        segment_ids = batch.get("segment_ids", jnp.ones_like(inputs))
+        positions = batch.get("positions",
+                              jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape))
         x, token_embed = embed_tokens(cfg, self.num_languages, self.sinusoidal_positions, inputs,
-                                      langs, positions, deterministic)
+                                      batch.get("langs"), positions, deterministic)
 
         # The reference also zeroes padded hidden states after every layer; since no token
         # attends to padding here, that changes no real token's output and is left out.
@@ -123,20 +126,18 @@ class Xlm(nn.Module):
                 raise ValueError("config.model.causal=False: a bidirectional XLM has no "
                                  "next-token head to decode with; use fill-mask, or train with "
                                  "--config.model.causal=True to generate.")
-            mask, _ = cached_attention_mask(self, attention_ids)
+            mask, _ = cached_attention_mask(self, segment_ids)
         else:
-            mask = attention_mask(attention_ids, attention_ids, causal=self.causal)
+            mask = attention_mask(segment_ids, segment_ids, causal=self.causal)
         x = layer_stack(TransformerBlock, cfg.num_layers, cfg.scan_layers, cfg=cfg,
                         pre_norm=False, residual_init_std=cfg.init_std)(x, mask, deterministic,
                                                                        decode)
 
-        logits = output_logits(self, token_embed, x)
+        outputs = {"logits": output_logits(self, token_embed, x)}
         if self.head:
-            return {"logits": logits, **token_head_outputs(cfg, self.head, self.num_labels, x,
-                                                           deterministic)}
-        if not self.num_labels:
-            return logits
-        state = nn.Dropout(cfg.dropout)(x[:, 0], deterministic=deterministic)
-        return {"logits": logits,
-                "classification_logits": classifier(cfg, self.num_labels)(state).astype(
-                    jnp.float32)}
+            outputs.update(token_head_outputs(cfg, self.head, self.num_labels, x, deterministic))
+        elif self.num_labels:
+            state = nn.Dropout(cfg.dropout)(x[:, 0], deterministic=deterministic)
+            outputs["classification_logits"] = classifier(cfg, self.num_labels)(state).astype(
+                jnp.float32)
+        return outputs

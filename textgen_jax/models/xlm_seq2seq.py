@@ -13,14 +13,19 @@ MLPs and norms take a pretrained XLM's parameters; the cross-attention starts ra
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from textgen_jax.config import ConfigError
 from textgen_jax.models.bart import DecoderBlock
 from textgen_jax.models.layers import (TransformerBlock, TransformerConfig, attention_mask,
                                        cached_attention_mask, layer_stack)
-from textgen_jax.models.xlm import embed_tokens, output_logits
+from textgen_jax.models.spec import DECODER, ENCODER, ENCODER_DECODER, ArchitectureSpec
+from textgen_jax.models.xlm import Xlm, embed_tokens, output_logits
 
 
 class XlmStack(nn.Module):
@@ -83,48 +88,118 @@ class XlmEncoderDecoder(nn.Module):
         self.encoder = stack(self.cfg.num_layers, False)
         self.decoder = stack(self.num_decoder_layers or self.cfg.num_layers, True)
 
-    def example_inputs(self, seq_len: int) -> tuple[jax.Array, ...]:
-        """Arguments of a minimal call, for `init` (shapes only matter; langs create the
-        language embeddings)."""
+    def example_batch(self, seq_len: int) -> dict[str, jax.Array]:
+        """A minimal batch, for `init` (shapes only matter; langs create the language
+        embeddings)."""
         ones, zeros = jnp.ones((1, seq_len), jnp.int32), jnp.zeros((1, seq_len), jnp.int32)
-        return ones, ones, ones, ones, zeros, zeros
+        return {"inputs": ones, "decoder_inputs": ones, "langs": zeros, "decoder_langs": zeros}
 
-    def encode(self, inputs: jax.Array, input_ids_mask: jax.Array | None = None,
-               langs: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
-        """inputs [batch, source_len] int -> encoded [batch, source_len, embed].
+    def encode(self, batch: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
+        """batch['inputs'] [batch, source_len] int -> encoded [batch, source_len, embed].
 
-        input_ids_mask [batch, source_len]: 1 real, 0 padding. langs [batch, source_len]: the
-        source's language ids (None: no language embedding, as in the reference).
+        Optional: batch['segment_ids'] [batch, source_len] (1 real, 0 padding) and
+        batch['langs'] [batch, source_len], the source's language ids (without them no language
+        embedding is added, as in the reference).
         """
-        if input_ids_mask is None:
-            input_ids_mask = jnp.ones_like(inputs)
-        return self.encoder(inputs, input_ids_mask, langs, deterministic=deterministic)
+        inputs = batch["inputs"]
+        return self.encoder(inputs, batch.get("segment_ids", jnp.ones_like(inputs)),
+                            batch.get("langs"), deterministic=deterministic)
 
-    def decode(self, decoder_inputs: jax.Array, encoded: jax.Array | None,
-               input_ids_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
-               decoder_langs: jax.Array | None = None, deterministic: bool = True,
-               decode: bool = False) -> jax.Array:
-        """decoder_inputs [batch, target_len] int, encoded [batch, source_len, embed] ->
-        float32 logits [batch, target_len, vocab].
+    def decode(self, batch: Mapping[str, jax.Array], encoded: jax.Array | None,
+               deterministic: bool = True, decode: bool = False) -> dict[str, jax.Array]:
+        """batch['decoder_inputs'] [batch, target_len] int, encoded [batch, source_len, embed]
+        -> {'logits': float32 [batch, target_len, vocab]}.
 
-        input_ids_mask is the source's, decoder_mask the target's (1 real, 0 padding),
-        decoder_langs [batch, target_len] the target's language ids. `decode` appends
-        decoder_inputs to the KV cache ('cache' collection, sized by `init` with decode=True);
-        the first decode call passes `encoded`, later ones None with the same input_ids_mask.
+        batch['segment_ids'] is the source's, batch['decoder_segment_ids'] the target's (1 real,
+        0 padding), batch['decoder_langs'] [batch, target_len] the target's language ids.
+        `decode` appends the decoder inputs to the KV cache ('cache' collection, sized by `init`
+        with decode=True); the first decode call passes `encoded`, later ones None with the
+        same source segment_ids.
         """
-        if input_ids_mask is None:
-            input_ids_mask = jnp.ones(encoded.shape[:2], jnp.int32)
-        if decoder_mask is None:
-            decoder_mask = jnp.ones_like(decoder_inputs)
-        return self.decoder(decoder_inputs, decoder_mask, decoder_langs, encoded, input_ids_mask,
-                            deterministic=deterministic, decode=decode)
+        decoder_inputs = batch["decoder_inputs"]
+        source_segments = batch.get("segment_ids")
+        if source_segments is None:
+            source_segments = jnp.ones(encoded.shape[:2], jnp.int32)
+        logits = self.decoder(decoder_inputs,
+                              batch.get("decoder_segment_ids", jnp.ones_like(decoder_inputs)),
+                              batch.get("decoder_langs"), encoded, source_segments,
+                              deterministic=deterministic, decode=decode)
+        return {"logits": logits}
 
-    def __call__(self, inputs: jax.Array, decoder_inputs: jax.Array,
-                 input_ids_mask: jax.Array | None = None, decoder_mask: jax.Array | None = None,
-                 langs: jax.Array | None = None, decoder_langs: jax.Array | None = None,
-                 deterministic: bool = True, decode: bool = False) -> jax.Array:
-        """inputs [batch, source_len], decoder_inputs [batch, target_len] int -> float32 logits
-        [batch, target_len, vocab]; masks and languages as in `encode` and `decode`."""
-        encoded = self.encode(inputs, input_ids_mask, langs, deterministic=deterministic)
-        return self.decode(decoder_inputs, encoded, input_ids_mask, decoder_mask, decoder_langs,
+    def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True,
+                 decode: bool = False) -> dict[str, jax.Array]:
+        """batch['inputs'] [batch, source_len], batch['decoder_inputs'] [batch, target_len] int
+        -> {'logits': float32 [batch, target_len, vocab]}; segment and language ids as in
+        `encode` and `decode`."""
+        return self.decode(batch, self.encode(batch, deterministic=deterministic),
                            deterministic=deterministic, decode=decode)
+
+
+def xlm_translation_params(pretrained: dict[str, Any]) -> dict[str, Any]:
+    """A plain XLM's params laid out as XLM's translation model's (XLM §5; the reference
+    reloads its pretrained model into both its encoder and its decoder): each stack takes every
+    embedding, block and norm, the decoder the output layer too. The decoder's cross-attention
+    has no pretrained value: it starts random."""
+    encoder = {name: value for name, value in pretrained.items() if name != "output_bias"}
+    return {"encoder": encoder, "decoder": pretrained}
+
+
+class XlmSpec(ArchitectureSpec):
+    """XLM by its config: a masked LM (encoder), a causal LM (config.model.causal) or the
+    translation model (config.model.encoder_decoder). Rows carry language ids; a pair is
+    `</s> A </s> B </s>` and a text to fill `</s> text </s>`, as the reference frames
+    sentences; a causal stream opens each sentence with `</s>`."""
+
+    name = "xlm"
+    uses_languages = True
+
+    @property
+    def kind(self) -> str:
+        if self.model_config.encoder_decoder:
+            return ENCODER_DECODER
+        return DECODER if self.model_config.causal else ENCODER
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        if self.kind == ENCODER_DECODER:
+            return ("inputs", "segment_ids", "langs", "decoder_inputs", "decoder_segment_ids",
+                    "decoder_langs")
+        return ("inputs", "segment_ids", "positions", "langs")
+
+    def build(self, vocab_size: int) -> Xlm | XlmEncoderDecoder:
+        m, cfg = self.model_config, self.transformer_config(vocab_size)
+        if self.kind != ENCODER_DECODER:
+            return Xlm(cfg, num_languages=m.num_languages,
+                       sinusoidal_positions=m.sinusoidal_positions, causal=m.causal,
+                       num_labels=m.num_labels, head=m.head)
+        if m.num_labels or m.causal:
+            raise ConfigError(
+                f"config.model.encoder_decoder=True (XLM's translation model, for seq2seq "
+                f"tasks) takes no num_labels={m.num_labels} or causal={m.causal}: set them to "
+                "0 and False, or encoder_decoder=False.")
+        return XlmEncoderDecoder(cfg, num_languages=m.num_languages,
+                                 sinusoidal_positions=m.sinusoidal_positions,
+                                 num_decoder_layers=m.num_decoder_layers)
+
+    def pair_layout(self, tokenizer, has_b: bool) -> tuple[list[int], list[int], list[int]]:
+        return [tokenizer.bos_id], [tokenizer.eos_id], [tokenizer.eos_id] if has_b else []
+
+    def prompt_ids(self, tokenizer, ids: Sequence[int]) -> list[int]:
+        if self.kind == DECODER:
+            return [tokenizer.eos_id, *ids]
+        return super().prompt_ids(tokenizer, ids)
+
+    def masked_text_ids(self, tokenizer, ids: Sequence[int]) -> list[int]:
+        return [tokenizer.eos_id, *ids, tokenizer.eos_id]
+
+    def params_from(self, pretrained: ArchitectureSpec, params: dict[str, Any],
+                    init_from: str) -> dict[str, Any]:
+        params = super().params_from(pretrained, params, init_from)
+        if pretrained.kind == self.kind or ENCODER_DECODER not in (pretrained.kind, self.kind):
+            return params
+        if pretrained.kind == ENCODER_DECODER:
+            raise ConfigError(f"config.init_from={init_from!r} holds XLM's translation model "
+                              "(config.model.encoder_decoder=True); this config trains the "
+                              "plain XLM. Set --config.model.encoder_decoder=True, or start "
+                              "from a plain XLM workdir.")
+        return xlm_translation_params(params)
