@@ -38,7 +38,8 @@ def load(workdir: str, step: int | None = None, best: bool = False) -> Loaded:
     # Replicated over the local devices (a data-only mesh), whatever mesh wrote the checkpoint.
     mesh_config = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     mesh = partitioning.make_mesh(mesh_config)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs(8))["params"])
+    boxed = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), model.example_batch(8))["params"])
     shardings = partitioning.logical_shardings(boxed, mesh)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             nn.meta.unbox(boxed), shardings)

@@ -79,7 +79,7 @@ def _with_initialised(model, imported: dict, missing: list[str], seed: int) -> d
     if not missing:
         return imported
     initialised = nn.meta.unbox(model.init(jax.random.key(seed),
-                                           *model.example_inputs(8))["params"])
+                                           model.example_batch(8))["params"])
     merged = traverse_util.flatten_dict(jax.tree.map(np.asarray, initialised))
     merged.update(traverse_util.flatten_dict(imported))
     return traverse_util.unflatten_dict(merged)

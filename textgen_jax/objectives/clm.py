@@ -59,6 +59,6 @@ def clm_loss_fn(model, params, batch: dict[str, jax.Array], rng: jax.Array | Non
                 deterministic: bool) -> dict[str, jax.Array]:
     """The loop's view of the objective: sums over `batch` for a decoder-only model."""
     rngs = None if deterministic else {"dropout": rng}
-    logits = model.apply({"params": params}, batch["inputs"], batch["segment_ids"],
-                         batch["positions"], deterministic=deterministic, rngs=rngs)
+    logits = model.apply({"params": params}, batch, deterministic=deterministic,
+                         rngs=rngs)["logits"]
     return causal_lm_loss(logits, batch["inputs"], batch["segment_ids"])

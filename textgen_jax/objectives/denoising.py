@@ -17,8 +17,8 @@ def denoising_loss_fn(model, params, batch: dict[str, jax.Array], rng: jax.Array
     + [eos]), so 'accuracy' is the reconstruction token accuracy.
     """
     rngs = None if deterministic else {"dropout": rng}
-    logits = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
-                         batch["input_mask"], batch["target_mask"],
-                         deterministic=deterministic, rngs=rngs)
+    # The decoder's real tokens are the targets' (decoder_inputs is eos + targets[:-1]).
+    logits = model.apply({"params": params}, {**batch, "decoder_segment_ids": batch["target_mask"]},
+                         deterministic=deterministic, rngs=rngs)["logits"]
     return cross_entropy_sums(logits, batch["targets"],
                               batch["target_mask"].astype(jnp.float32))

@@ -41,8 +41,6 @@ def mlm_nsp_loss_fn(model, params, batch: dict[str, jax.Array], rng: jax.Array |
                     deterministic: bool) -> dict[str, jax.Array]:
     """The loop's view of the objective: sums over a `bert_pretraining_dataset` batch."""
     rngs = None if deterministic else {"dropout": rng}
-    out = model.apply({"params": params}, batch["inputs"], batch["token_types"],
-                      batch["positions"], batch["attention_ids"], deterministic=deterministic,
-                      rngs=rngs)
-    return mlm_nsp_loss(out["mlm_logits"], out["nsp_logits"], batch["mlm_labels"],
+    out = model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs)
+    return mlm_nsp_loss(out["logits"], out["nsp_logits"], batch["mlm_labels"],
                         batch["nsp_labels"])

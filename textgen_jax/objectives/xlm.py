@@ -16,8 +16,8 @@ def xlm_clm_loss_fn(model, params, batch: dict[str, jax.Array], rng: jax.Array |
                     deterministic: bool) -> dict[str, jax.Array]:
     """Next-token sums over an `xlm_clm_dataset` batch; attention stays within a document."""
     rngs = None if deterministic else {"dropout": rng}
-    logits = model.apply({"params": params}, batch["inputs"], batch["langs"], batch["positions"],
-                         batch["segment_ids"], deterministic=deterministic, rngs=rngs)
+    logits = model.apply({"params": params}, batch, deterministic=deterministic,
+                         rngs=rngs)["logits"]
     return causal_lm_loss(logits, batch["inputs"], batch["segment_ids"])
 
 
@@ -25,6 +25,6 @@ def xlm_mlm_loss_fn(model, params, batch: dict[str, jax.Array], rng: jax.Array |
                     deterministic: bool) -> dict[str, jax.Array]:
     """Masked-token sums over an `xlm_mlm_dataset` or `tlm_dataset` batch (no NSP, §3.2)."""
     rngs = None if deterministic else {"dropout": rng}
-    logits = model.apply({"params": params}, batch["inputs"], batch["langs"], batch["positions"],
-                         batch["attention_ids"], deterministic=deterministic, rngs=rngs)
+    logits = model.apply({"params": params}, batch, deterministic=deterministic,
+                         rngs=rngs)["logits"]
     return masked_lm_loss(logits, batch["mlm_labels"])

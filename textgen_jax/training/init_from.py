@@ -37,42 +37,14 @@ def pretrained_params(init_from: str) -> tuple[ml_collections.ConfigDict, dict[s
     return config, jax.tree.map(np.asarray, params)
 
 
-def xlm_translation_params(pretrained: dict[str, Any]) -> dict[str, Any]:
-    """A plain XLM's params laid out as XLM's translation model's (XLM §5; the reference
-    reloads its pretrained model into both its encoder and its decoder): each stack takes every
-    embedding, block and norm, the decoder the output layer too. The decoder's cross-attention
-    has no pretrained value: it starts random."""
-    encoder = {name: value for name, value in pretrained.items() if name != "output_bias"}
-    return {"encoder": encoder, "decoder": pretrained}
-
-
-def _as_translation_model(config: ml_collections.ConfigDict,
-                          pretrained_config: ml_collections.ConfigDict, pretrained: dict,
-                          init_from: str) -> dict:
-    """`pretrained` as config.model's params where they are laid out differently: a plain XLM
-    starting XLM's translation model (config.model.encoder_decoder)."""
-    ours, theirs = (models.is_encoder_decoder_xlm(c.model) for c in (config, pretrained_config))
-    if theirs and not ours:
-        raise ConfigError(f"config.init_from={init_from!r} holds XLM's translation model "
-                          "(config.model.encoder_decoder=True); this config trains the plain "
-                          "XLM. Set --config.model.encoder_decoder=True, or start from a "
-                          "plain XLM workdir.")
-    return xlm_translation_params(pretrained) if ours and not theirs else pretrained
-
-
 def merge_pretrained(config: ml_collections.ConfigDict, initialised: dict[str, Any],
                      init_from: str) -> tuple[dict[str, Any], list[str], list[str]]:
     """(params, newly_initialised, dropped): `initialised` (host arrays of the new model) with
     every leaf of the same path and shape taken from `init_from`'s latest checkpoint."""
     pretrained_config, pretrained = pretrained_params(init_from)
-    arch, theirs = config.model.arch, pretrained_config.model.arch
-    if arch != theirs:
-        raise ConfigError(f"config.init_from={init_from!r} holds a {theirs} checkpoint; this "
-                          f"config trains {arch} (config.model.arch). Start from a {arch} "
-                          "workdir, or set config.model.arch to match.")
     # Scanned and unrolled layer stacks (config.model.scan_layers) initialise each other.
-    pretrained = unstack_layers(pretrained)
-    pretrained = _as_translation_model(config, pretrained_config, pretrained, init_from)
+    pretrained = models.spec_for(config.model).params_from(
+        models.spec_for(pretrained_config.model), unstack_layers(pretrained), init_from)
     if config.model.scan_layers:
         pretrained = stack_layers(pretrained)
     ours = traverse_util.flatten_dict(initialised, sep="/")

@@ -145,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     param_bytes = metrics_lib.bytes_per_device(abstract_state.params)
     optimizer_bytes = metrics_lib.bytes_per_device(abstract_state.opt_state)
     activation_bytes = metrics_lib.activation_bytes_per_device(
-        config, dict(mesh.shape), models.attention_layer_count(config.model))
+        config, dict(mesh.shape), models.spec_for(config.model).attention_layer_count())
     log(metrics_lib.memory_report(metrics_lib.count_params(abstract_state.params), param_bytes,
                                   optimizer_bytes, activation_bytes))
     metrics_lib.check_device_memory(2 * param_bytes + optimizer_bytes + activation_bytes)
@@ -185,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
     tokens_per_step = config.data.global_batch_size * config.data.seq_len
     flops_per_step = tokens_per_step * metrics_lib.flops_per_token(
-        models.attention_layer_count(config.model), config.model.d_model, config.data.seq_len,
+        models.spec_for(config.model).attention_layer_count(), config.model.d_model, config.data.seq_len,
         metrics_lib.count_params(state.params, exclude_embeddings=True))
     peak_flops = metrics_lib.peak_flops_per_device(config.model.dtype) * jax.device_count()
 

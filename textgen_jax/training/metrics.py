@@ -86,7 +86,7 @@ class MetricsWriter:
 
 def flops_per_token(num_layers: int, d_model: int, seq_len: int, non_embedding_params: int) -> float:
     """Training FLOPs per token: 6N + 12 L d T (Kaplan et al. 2020, with attention), where L
-    counts attention layers (`models.attention_layer_count`)."""
+    counts attention layers (`ArchitectureSpec.attention_layer_count`)."""
     return 6 * non_embedding_params + 12 * num_layers * d_model * seq_len
 
 

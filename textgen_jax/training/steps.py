@@ -35,7 +35,7 @@ def activate(mesh: Mesh):
 def abstract_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: int):
     """(init function, abstract boxed TrainState) for a model; no memory is allocated."""
     def init(rng: jax.Array) -> TrainState:
-        params = model.init(rng, *model.example_inputs(seq_len))["params"]
+        params = model.init(rng, model.example_batch(seq_len))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params))
     return init, jax.eval_shape(init, jax.random.key(0))
