@@ -44,6 +44,7 @@ def transformer_config(model_config: ml_collections.ConfigDict,
         activation=model_config.activation,
         remat=model_config.remat,
         scan_layers=model_config.scan_layers,
+        attention=model_config.get("attention", "auto"),  # configs saved before the key
     )
 
 
