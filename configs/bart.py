@@ -25,37 +25,8 @@ from eos, as the reference. Any leaf can be overridden: --config.noise.infill_ra
 
 import ml_collections
 
-from textgen_jax.config import base_config, cpu_tiny, paper_size
-
-_PAPER_SIZES = {  # num_layers (each stack), d_model, num_heads
-    "base": (6, 768, 12),
-    "large": (12, 1024, 16),
-}
+from textgen_jax.presets import bart_config
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
-    config = base_config()
-    config.model.arch = "bart"
-    config.model.activation = "gelu"  # exact (erf) GELU, as the reference
-    config.model.layer_norm_eps = 1e-5
-    config.optim.b2 = 0.98
-    config.optim.eps = 1e-6
-    config.optim.decay = "linear"
-    config.optim.end_lr_ratio = 0.0
-    config.optim.weight_decay = 0.01
-    # A denoiser reconstructs its input: try textgen-jax generate --prompt "Return the <mask>."
-    config.sample.prompts = ()
-    if preset == "tiny":
-        cpu_tiny(config)
-        config.model.num_layers = 3
-    elif preset in _PAPER_SIZES:
-        paper_size(config, *_PAPER_SIZES[preset], max_len=1024)
-        config.model.vocab_size = config.tokenizer.vocab_size = 50265
-        config.data.seq_len = 512
-        config.data.global_batch_size = 256
-        config.optim.lr = 4e-4
-        config.optim.warmup_steps = 10_000
-        config.train.num_steps = 500_000
-    else:
-        raise ValueError(f"unknown bart preset {preset!r}: use tiny, {', '.join(_PAPER_SIZES)}.")
-    return config
+    return bart_config(preset)

@@ -20,35 +20,8 @@ is 'mlm_nsp' (the default for arch 'bert'). Any leaf can be overridden: --config
 
 import ml_collections
 
-from textgen_jax.config import base_config, cpu_tiny, paper_size
-
-_PAPER_SIZES = {  # num_layers, d_model, num_heads
-    "base": (12, 768, 12),
-    "large": (24, 1024, 16),
-}
+from textgen_jax.presets import bert_config
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
-    config = base_config()
-    config.model.arch = "bert"
-    config.model.activation = "gelu"  # exact (erf) GELU, as the reference
-    config.model.layer_norm_eps = 1e-12  # the reference's epsilon
-    config.optim.b2 = 0.999  # §A.2: Adam beta2 0.999
-    config.optim.decay = "linear"
-    config.optim.end_lr_ratio = 0.0
-    config.optim.weight_decay = 0.01
-    config.sample.prompts = ()  # an encoder: nothing to sample
-    if preset == "tiny":
-        cpu_tiny(config)
-        config.model.max_len = 128
-    elif preset in _PAPER_SIZES:
-        paper_size(config, *_PAPER_SIZES[preset], max_len=512)
-        config.model.vocab_size = config.tokenizer.vocab_size = 30522
-        config.data.seq_len = 512
-        config.data.global_batch_size = 256
-        config.optim.lr = 1e-4
-        config.optim.warmup_steps = 10_000
-        config.train.num_steps = 1_000_000
-    else:
-        raise ValueError(f"unknown bert preset {preset!r}: use tiny, {', '.join(_PAPER_SIZES)}.")
-    return config
+    return bert_config(preset)

@@ -20,29 +20,8 @@ Hugging Face checkpoint brings its own. Any leaf can be overridden: --config.opt
 
 import ml_collections
 
-from textgen_jax.config import base_config, cpu_tiny, paper_size
-
-_PAPER_SIZES = {  # num_layers, d_model, num_heads
-    "small": (12, 768, 12),
-    "medium": (24, 1024, 16),
-    "large": (36, 1280, 20),
-    "xl": (48, 1600, 25),
-}
+from textgen_jax.presets import gpt2_config
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
-    config = base_config()
-    config.model.arch = "gpt2"
-    if preset == "tiny":
-        cpu_tiny(config)
-    elif preset in _PAPER_SIZES:
-        paper_size(config, *_PAPER_SIZES[preset], max_len=1024)
-        config.model.vocab_size = config.tokenizer.vocab_size = 50257
-        config.data.seq_len = 1024
-        config.data.global_batch_size = 512
-        config.optim.lr = 6e-4 if preset == "small" else 3e-4
-        config.optim.warmup_steps = 2000
-        config.train.num_steps = 600_000
-    else:
-        raise ValueError(f"unknown gpt2 preset {preset!r}: use tiny, {', '.join(_PAPER_SIZES)}.")
-    return config
+    return gpt2_config(preset)

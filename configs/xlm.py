@@ -37,49 +37,8 @@ are unmeasured here. Any leaf can be overridden: --config.optim.lr=5e-4.
 
 import ml_collections
 
-from textgen_jax.config import base_config, cpu_tiny, paper_size
-
-_PAPER_SIZES = {  # num_layers, d_model, num_heads
-    "enfr_1024": (6, 1024, 8),
-    "en_2048": (12, 2048, 16),
-}
+from textgen_jax.presets import xlm_config
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
-    config = base_config()
-    config.model.arch = "xlm"
-    config.objective = "xlm_mlm"
-    config.model.activation = "gelu"  # exact (erf) GELU, as the reference
-    config.model.layer_norm_eps = 1e-12  # the reference's epsilon
-    config.optim.b2 = 0.98
-    config.optim.weight_decay = 0.01
-    config.sample.prompts = ()  # trained as a masked LM: nothing to sample
-    if preset == "tiny":
-        cpu_tiny(config)  # its ffn 1024 is XLM's 4 * d_model
-        config.data.dataset = "stdlib_docstrings/pairs"
-        config.data.text_key = "text"  # the docstring: what the tokenizer is trained on
-        config.data.languages = ("en", "code")
-        config.data.language_features = ("docstring", "code")
-        config.model.num_languages = 2
-        config.tokenizer.languages = ("en", "code")
-    elif preset in _PAPER_SIZES:
-        paper_size(config, *_PAPER_SIZES[preset], max_len=512)
-        if preset == "enfr_1024":
-            config.data.dataset = "wmt14_translate/fr-en"
-            config.data.text_key = "en"
-            config.data.languages = ("en", "fr")
-            config.data.language_features = ("en", "fr")
-            config.tokenizer.languages = ("en", "fr")
-            config.model.num_languages = 2
-        else:
-            config.data.languages = config.tokenizer.languages = ("en",)
-            config.data.language_features = ("text",)
-        config.tokenizer.vocab_size = 32_000
-        config.data.seq_len = 256  # §3.2: streams of 256 tokens
-        config.data.global_batch_size = 64
-        config.optim.lr = 1e-4
-        config.optim.warmup_steps = 4000
-        config.train.num_steps = 500_000
-    else:
-        raise ValueError(f"unknown xlm preset {preset!r}: use tiny, {', '.join(_PAPER_SIZES)}.")
-    return config
+    return xlm_config(preset)

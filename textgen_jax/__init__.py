@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from textgen_jax.api import Loaded, fill_mask, generate, load  # noqa: E402
+from textgen_jax.api import Loaded, evaluate, fill_mask, generate, load  # noqa: E402
 
-__all__ = ["Loaded", "fill_mask", "generate", "load", "__version__"]
+__all__ = ["Loaded", "evaluate", "fill_mask", "generate", "load", "__version__"]

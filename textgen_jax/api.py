@@ -11,10 +11,10 @@ import ml_collections
 
 from textgen_jax import config as config_lib
 from textgen_jax import data as data_lib
-from textgen_jax import decoding, models
+from textgen_jax import decoding, models, objectives
 from textgen_jax.finetune.pipelines import task_languages
 from textgen_jax.finetune.tasks import get_task
-from textgen_jax.training import checkpoint, partitioning
+from textgen_jax.training import checkpoint, loop, partitioning, steps
 
 
 class Loaded(NamedTuple):
@@ -36,8 +36,7 @@ def load(workdir: str, step: int | None = None, best: bool = False) -> Loaded:
     tokenizer = data_lib.load_tokenizer(workdir)
     model = models.build_model(config.model, config.model.vocab_size)
     # Replicated over the local devices (a data-only mesh), whatever mesh wrote the checkpoint.
-    mesh_config = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-    mesh = partitioning.make_mesh(mesh_config)
+    mesh = partitioning.data_parallel_mesh()
     boxed = jax.eval_shape(
         lambda: model.init(jax.random.key(0), model.example_batch(8))["params"])
     shardings = partitioning.logical_shardings(boxed, mesh)
@@ -112,3 +111,18 @@ def fill_mask(model_or_workdir: str | os.PathLike | Loaded, text: str, top_k: in
     """For each '<mask>' of `text`, the top_k (token text, probability) fillers, from a BERT
     or non-causal XLM workdir (or `load` result)."""
     return decoding.fill_mask(_loaded(model_or_workdir), text, top_k, language)
+
+
+def evaluate(model_or_workdir: str | os.PathLike | Loaded) -> dict[str, float]:
+    """Loss, perplexity and accuracy (and a fine-tuning task's metrics) of a workdir's latest
+    checkpoint (or a `load` result) over config.train.eval_batches batches of its eval split,
+    on this process's devices, whatever mesh trained it."""
+    loaded = _loaded(model_or_workdir)
+    # The eval batches are sharded by config.mesh: it must describe the mesh they run on.
+    config = loaded.config.copy_and_resolve_references()
+    config.mesh.update(partitioning.DATA_PARALLEL_MESH)
+    mesh = partitioning.data_parallel_mesh()
+    eval_step = jax.jit(steps.make_eval_step(loaded.model,
+                                             objectives.objective_for(config).loss_fn))
+    with steps.activate(mesh):
+        return loop.evaluate(eval_step, loaded.params, config, loaded.tokenizer, mesh)

@@ -11,6 +11,8 @@ from typing import Any
 
 import ml_collections
 
+from textgen_jax.ops import ATTENTION_CHOICES
+
 DEFAULT_SPECIAL_SYMBOLS = ("<mask>", "<sep>", "<cls>")
 
 
@@ -44,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     # One nn.scan over the blocks, parameters stacked on a leading 'layers' axis: compile time
     # independent of depth (as MaxText). Decoding and the Hugging Face tables unstack them.
     c.model.scan_layers = False
+    # The attention kernel: auto (per backend: cuDNN flash attention on GPUs, the einsums
+    # elsewhere) | einsum | dot_product_attention (jax.nn's; no attention dropout).
+    c.model.attention = "auto"
     c.model.num_labels = 0  # > 0 adds a sequence classifier (fine-tuning; models/heads.py)
     # BERT, XLM: a per-token head instead of the sequence classifier (models/heads.py
     # TOKEN_HEADS): 'token_classification' (num_labels tags) | 'question_answering' | ''.
@@ -178,6 +183,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.remat={m.remat!r}: use 'none', 'full' or 'save_dots'.")
     if m.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'.")
+    if m.attention not in ATTENTION_CHOICES:
+        raise ConfigError(f"config.model.attention={m.attention!r}: use one of "
+                          f"{', '.join(ATTENTION_CHOICES)}.")
     if d.seq_len > m.max_len:
         raise ConfigError(
             f"config.data.seq_len={d.seq_len} exceeds config.model.max_len={m.max_len}; "

@@ -11,15 +11,13 @@ fairseq's BART CNN/DM recipe: label smoothing 0.1; beam 4, length penalty 2.0, s
 55 to 140 tokens, no repeated trigram (tiny: at most 48 tokens, no minimum).
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.presets import finetune_config
 
 
 def get_config(arch: str = "bart-base") -> ml_collections.ConfigDict:
-    config = finetune_config(Path(__file__).resolve().parents[1], "cnn_dailymail", arch)
+    config = finetune_config("cnn_dailymail", arch)
     config.task.update(num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3,
                        max_target_length=48)
     if "-" in arch:

@@ -20,15 +20,13 @@ BLEU stays near 0 for both at this size; pretraining's margin is +0.05 (BART) an
 (GPT-2) ROUGE-1, and 0.7 / 0.85 nats of eval loss.
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.presets import finetune_config
 
 
 def get_config(arch: str = "bart") -> ml_collections.ConfigDict:
-    config = finetune_config(Path(__file__).resolve().parents[1], "code_to_docstring", arch)
+    config = finetune_config("code_to_docstring", arch)
     config.task.update(max_target_length=32, no_repeat_ngram_size=3)
     if "-" not in arch:  # tiny: a beam search of 64 examples keeps each evaluation short
         config.train.eval_batches = 4

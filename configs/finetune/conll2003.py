@@ -12,15 +12,13 @@ Presets: bert, xlm (tiny) or bert-base, xlm-... (encoders only). The paper sizes
 by seq_len are neither predicted nor scored. Unmeasured here.
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.presets import finetune_config
 
 
 def get_config(arch: str = "bert-base") -> ml_collections.ConfigDict:
-    config = finetune_config(Path(__file__).resolve().parents[1], "conll2003", arch)
+    config = finetune_config("conll2003", arch)
     if "-" in arch:  # a paper size
         config.optim.update(lr=5e-5, warmup_steps=180)
         config.train.update(num_steps=1_800, eval_every=450, checkpoint_every=450)

@@ -11,12 +11,10 @@ pooled [CLS], GPT/GPT-2 the extract (eos) token, XLM the first token, BART the f
 (textgen_jax/finetune/pipelines.py). 300 steps of 16 x 128 tokens.
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.presets import finetune_config
 
 
 def get_config(arch: str = "bert") -> ml_collections.ConfigDict:
-    return finetune_config(Path(__file__).resolve().parents[1], "docstring_kind", arch)
+    return finetune_config("docstring_kind", arch)

@@ -13,15 +13,13 @@ batch 32, lr 5e-5, sequences of 384 (§4.2), set here. One window per context: a
 seq_len become the [CLS] (no answer) target.
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.presets import finetune_config
 
 
 def get_config(arch: str = "bert-base") -> ml_collections.ConfigDict:
-    config = finetune_config(Path(__file__).resolve().parents[1], "squad", arch)
+    config = finetune_config("squad", arch)
     if "-" in arch:  # a paper size
         config.data.seq_len = 384
         config.optim.lr = 5e-5

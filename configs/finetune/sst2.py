@@ -10,12 +10,10 @@ TFDS prepares glue/sst2 in array_record on first use. Presets: bert, gpt, gpt2, 
 (tiny) or arch-size (bert-base: batch 32 x 128 tokens, lr 3e-5, ~3 epochs in 10k steps).
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.presets import finetune_config
 
 
 def get_config(arch: str = "bert-base") -> ml_collections.ConfigDict:
-    return finetune_config(Path(__file__).resolve().parents[1], "glue/sst2", arch)
+    return finetune_config("glue/sst2", arch)

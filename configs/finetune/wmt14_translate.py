@@ -11,15 +11,13 @@ sequences of 256, batch 32, lr 3e-5. Label smoothing 0.1, beam 5, length penalty
 translations of at most 200 tokens (tiny: 32).
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.presets import finetune_config
 
 
 def get_config(arch: str = "bart-base") -> ml_collections.ConfigDict:
-    config = finetune_config(Path(__file__).resolve().parents[1], "wmt14_translate/de-en", arch)
+    config = finetune_config("wmt14_translate/de-en", arch)
     config.task.update(num_beams=5, length_penalty=1.0, max_target_length=32)
     if "-" in arch:
         config.data.seq_len = min(256, config.model.max_len)

@@ -13,8 +13,6 @@ languages 'en' and 'code' are not XNLI's, so it evaluates English only), bert, o
 such as xlm-enfr_1024 (evaluates fr too). Unmeasured: it needs the XNLI download.
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.presets import finetune_config
@@ -22,7 +20,7 @@ from textgen_jax.finetune.tasks import XNLI_LANGUAGES
 
 
 def get_config(arch: str = "xlm-enfr_1024") -> ml_collections.ConfigDict:
-    config = finetune_config(Path(__file__).resolve().parents[1], "xnli", arch)
+    config = finetune_config("xnli", arch)
     config.task.language = "en"
     config.task.eval_languages = tuple(language for language in config.data.languages
                                        if language in XNLI_LANGUAGES and language != "en")

@@ -11,15 +11,13 @@ fairseq's BART XSum recipe: label smoothing 0.1; beam 6, length penalty 1.0, sum
 10 to 60 tokens, no repeated trigram (tiny: at most 32 tokens, no minimum).
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.presets import finetune_config
 
 
 def get_config(arch: str = "bart-base") -> ml_collections.ConfigDict:
-    config = finetune_config(Path(__file__).resolve().parents[1], "xsum", arch)
+    config = finetune_config("xsum", arch)
     config.task.update(num_beams=6, length_penalty=1.0, no_repeat_ngram_size=3,
                        max_target_length=32)
     if "-" in arch:

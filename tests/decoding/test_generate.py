@@ -8,6 +8,8 @@ dependent attention), imported through textgen_jax.convert.
 from __future__ import annotations
 
 import functools
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,8 @@ import numpy as np
 import pytest
 
 from textgen_jax.convert import from_transformers
-from textgen_jax.decoding.generate import GenerationOptions, generate_ids, generator_for
+from textgen_jax.decoding.generate import (GenerationOptions, generate_ids, generator_for,
+                                           with_transposed_kernels)
 from textgen_jax.models.bart import Bart
 from textgen_jax.models.gpt import GPT
 from textgen_jax.models.gpt2 import GPT2
@@ -139,7 +142,7 @@ def _uncached(model, params, *inputs):
 @pytest.mark.parametrize("name", ["gpt2", "gpt", "xlm", "bart"])
 def test_cached_logits_equal_full_recomputation_at_every_step(name, transpose_kernels):
     _, model, params = _built(name)
-    generator = generator_for(model, decoder_start_id=2, transpose_kernels=transpose_kernels)
+    generator = generator_for(model, decoder_start_id=2)
     width = 8
     if isinstance(model, Bart):  # the source right-padded, the decoder cached
         source = np.full((3, width), PAD, np.int32)
@@ -158,8 +161,10 @@ def test_cached_logits_equal_full_recomputation_at_every_step(name, transpose_ke
     start = jax.jit(generator.start, static_argnums=2)
     step = jax.jit(generator.step)
     logits, cache = start(params, batch, width + steps)
-    # The steps read the transposed copies of every dense kernel, or none.
-    assert (DECODE_KERNELS in cache) == transpose_kernels
+    if transpose_kernels:  # the steps read transposed copies of the kernels they use
+        cache = jax.jit(functools.partial(with_transposed_kernels, generator))(
+            params, cache, batch)
+        assert jax.tree.leaves(cache[DECODE_KERNELS])
     rng = np.random.default_rng(1)
     generated = [[] for _ in PROMPTS]
     errors = []
@@ -288,6 +293,31 @@ def test_sampling_compiles_once_per_shape_and_is_reproducible_from_the_seed():
     assert count_compiles(lambda: sample(others, seed=5, temperature=0.7)) == 0
     # The counter does see a compilation: a new shape (four rows) compiles.
     assert count_compiles(lambda: sample(others + [[4]], seed=5)) > 0
+
+
+def test_concurrent_streamed_calls_each_receive_only_their_own_tokens():
+    _, model, params = _built("gpt2")
+    prompts = [PROMPTS[0], PROMPTS[2]]  # one row each, same padded width: one compiled loop
+    options = GenerationOptions(max_new_tokens=12)
+    start = threading.Barrier(len(prompts))
+    streamed = [[] for _ in prompts]
+    results = [None] * len(prompts)
+
+    def call(index: int) -> None:
+        def sink(tokens) -> None:
+            streamed[index].append(int(tokens[0]))
+            time.sleep(0.01)  # keep both calls in flight together
+        start.wait()
+        results[index] = generate_ids(model, params, [prompts[index]], options,
+                                      eos_id=VOCAB + 1, pad_id=PAD, stream=sink)[0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results[0] != results[1]  # otherwise a mixed-up stream would go unnoticed
+    assert streamed == results
 
 
 @pytest.mark.parametrize("filters", [dict(top_k=1), dict(top_p=1e-3)])

@@ -10,7 +10,7 @@ import pytest
 from textgen_jax.config import validate
 from textgen_jax.finetune.pipelines import finetune_dataset
 from textgen_jax.finetune.tasks import get_task
-from textgen_jax.objectives import objective_for
+from textgen_jax.finetune.objectives import objective_for
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 

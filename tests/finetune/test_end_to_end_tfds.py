@@ -24,9 +24,10 @@ import tensorflow_datasets.text.glue  # noqa: F401
 import tensorflow_datasets.text.xnli  # noqa: F401
 
 from textgen_jax import cli
-from textgen_jax.finetune.pipelines import IGNORE_LABEL, finetune_dataset
+from textgen_jax.data.masking import IGNORE_LABEL
+from textgen_jax.finetune.objectives import objective_for
+from textgen_jax.finetune.pipelines import finetune_dataset
 from textgen_jax.finetune.presets import finetune_config
-from textgen_jax.objectives import objective_for
 from textgen_jax.training.loop import train_and_evaluate
 
 from conftest import assert_finetune_run
@@ -60,7 +61,7 @@ def _tiny(config, data_dir: str):
 
 def _finetune(task_name: str, arch: str, workdir: Path, tokenizer, data_dir: str,
               examples=None) -> None:
-    config = _tiny(finetune_config(CONFIGS, task_name, arch), data_dir)
+    config = _tiny(finetune_config(task_name, arch), data_dir)
     workdir.mkdir()
     tokenizer.save(workdir / "tokenizer.model")
     with tfds.testing.mock_data(**MOCK, as_data_source_fn=examples):
@@ -149,7 +150,7 @@ def test_squad_trains_through_the_cli_on_data_a_user_prepared(stdlib_tokenizer, 
 
 def _eval_batches(task_name: str, arch: str, tokenizer, data_dir: str, examples):
     """(config, the task's objective, the rows of its whole eval split as one batch)."""
-    config = finetune_config(CONFIGS, task_name, arch)
+    config = finetune_config(task_name, arch)
     # Rows long enough for every whole answer and sentence (the tokenizer's pieces are short).
     config.data.update(data_dir=data_dir, seq_len=64, global_batch_size=4)
     with tfds.testing.mock_data(**MOCK, as_data_source_fn=examples):

@@ -21,9 +21,9 @@ import tensorflow_datasets.text.glue  # noqa: F401
 import tensorflow_datasets.text.xnli  # noqa: F401
 import tensorflow_datasets.translate.wmt14  # noqa: F401
 
+from textgen_jax.finetune.answers import best_answer_span
 from textgen_jax.finetune.metrics import compute_metrics
-from textgen_jax.finetune.pipelines import (best_answer_span, finetune_dataset, references,
-                                            task_source)
+from textgen_jax.finetune.pipelines import finetune_dataset, references, task_source
 from textgen_jax.finetune.tasks import get_task
 
 from finetune_rows import check_text_row, flat_rows, is_truncation_of, xnli_examples

@@ -18,7 +18,7 @@ from textgen_jax.data.pipeline import bart_denoising_dataset, shuffle_seed, spli
 from textgen_jax.data.sources import example_text, open_source
 from textgen_jax.models.bart import Bart
 from textgen_jax.models.layers import TransformerConfig
-from textgen_jax.objectives import objective_for
+from textgen_jax.objectives import pretraining_objective
 from textgen_jax.objectives.denoising import denoising_loss_fn
 from textgen_jax.training import steps
 
@@ -53,7 +53,7 @@ def _batches(config, tokenizer, count: int, **kwargs) -> list[dict[str, np.ndarr
 
 def test_noise_defaults_are_the_papers_best(config):
     assert config.noise.to_dict() == dataclasses.asdict(NoiseConfig())
-    assert objective_for(config).name == "denoising"
+    assert pretraining_objective(config).name == "denoising"
 
 
 def test_rows_are_the_document_and_its_noised_version(config, stdlib_tokenizer):

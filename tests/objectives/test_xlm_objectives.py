@@ -15,7 +15,7 @@ from textgen_jax.data.masking import special_ids
 from textgen_jax.data.multilingual import (language_sampling_probabilities, tlm_dataset,
                                            xlm_clm_dataset, xlm_mlm_dataset)
 from textgen_jax.models import build_model
-from textgen_jax.objectives import objective_for
+from textgen_jax.objectives import pretraining_objective
 
 SEQ_LEN = 64
 
@@ -155,7 +155,7 @@ def test_xlm_clm_tags_languages_and_needs_a_causal_model(stdlib_data_dir, stdlib
     rows = _rows(xlm_clm_dataset(config, stdlib_tokenizer, "train"), 4)
     real = rows["segment_ids"] > 0
     assert set(np.unique(rows["langs"][real])) == {0, 1}
-    assert objective_for(config).name == "xlm_clm"
+    assert pretraining_objective(config).name == "xlm_clm"
     config.model.causal = False
     with pytest.raises(ConfigError, match="causal=True"):
         xlm_clm_dataset(config, stdlib_tokenizer, "train")

@@ -177,7 +177,7 @@ def test_one_process_reading_two_input_shards_gets_the_rows_of_two_processes(
     config = base_config()
     config.data.update(data_dir=stdlib_data_dir, seq_len=32, global_batch_size=8,
                        input_shards=2)
-    objective = objectives.objective_for(config)
+    objective = objectives.pretraining_objective(config)
     mine = iter(partitioning.process_dataset(objective.dataset, config, stdlib_tokenizer,
                                              "train", shuffle=True, repeat=True))
     processes = [iter(objective.dataset(config, stdlib_tokenizer, "train", process_index=i,

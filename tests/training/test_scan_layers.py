@@ -49,8 +49,8 @@ def train_losses(config, params, batches) -> tuple[list[float], dict]:
     params = jax.device_put(jax.tree.map(np.array, params), shardings.params)
     state = steps.state_with_fresh_optimizer(0, params, tx, shardings)
     train_step = steps.jit_train_step(
-        steps.make_train_step(model, objectives.objective_for(config).loss_fn, tx), shardings,
-        mesh)
+        steps.make_train_step(model, objectives.pretraining_objective(config).loss_fn, tx),
+        shardings, mesh)
     losses = []
     with steps.activate(mesh):
         for batch in batches:
@@ -86,7 +86,7 @@ def test_scanned_stack_equals_unrolled_blocks(arch, stdlib_data_dir, stdlib_toke
     for want, got in zip(jax.tree.leaves(expected), jax.tree.leaves(actual)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
-    objective = objectives.objective_for(unrolled_config)
+    objective = objectives.pretraining_objective(unrolled_config)
     iterator = iter(objective.dataset(unrolled_config, stdlib_tokenizer, "train",
                                       process_index=0, process_count=1, shuffle=True,
                                       repeat=True))

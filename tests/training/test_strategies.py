@@ -102,7 +102,7 @@ def remat_differences():
 
 for arch in json.loads(sys.argv[6]):
     config = tiny_config(arch)
-    objective = objectives.objective_for(config)
+    objective = objectives.pretraining_objective(config)
     iterator = iter(objective.dataset(config, tokenizer, "train", process_index=0,
                                       process_count=1, shuffle=True, repeat=True))
     batches = [next(iterator) for _ in range(num_steps)]

@@ -24,11 +24,11 @@ import textgen_jax
 from textgen_jax import models
 from textgen_jax.config import ConfigError
 from textgen_jax.decoding.generate import GenerationOptions, generate_ids
-from textgen_jax.finetune.presets import architecture_config, finetune_config
+from textgen_jax.finetune.presets import finetune_config
+from textgen_jax.presets import architecture_config
 from textgen_jax.training import init_from
 from textgen_jax.training.loop import train_and_evaluate
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY_MODEL = dict(num_layers=2, d_model=64, num_heads=4, d_ff=128, max_len=64, dtype="float32")
 
 
@@ -46,7 +46,7 @@ def pretrained(tmp_path_factory, stdlib_data_dir, stdlib_tokenizer) -> Path:
     """A workdir of the tiny plain XLM (MLM over docstrings 'en' and code 'code')."""
     workdir = tmp_path_factory.mktemp("xlm_pretrained")
     stdlib_tokenizer.save(workdir / "tokenizer.model")
-    train_and_evaluate(_tiny_run(architecture_config(CONFIGS, "xlm"), stdlib_data_dir),
+    train_and_evaluate(_tiny_run(architecture_config("xlm"), stdlib_data_dir),
                        str(workdir))
     return workdir
 
@@ -91,7 +91,7 @@ def test_translation_fine_tune_from_the_pretrained_xlm(pretrained, stdlib_data_d
                                                        stdlib_tokenizer, tmp_path, capsys):
     """WMT14 de-en (mock data) from the pretrained XLM through the loop: the report names
     exactly the cross-attention as new, the loss is finite and BLEU is evaluated."""
-    config = finetune_config(CONFIGS, "wmt14_translate/de-en", "xlm")
+    config = finetune_config("wmt14_translate/de-en", "xlm")
     assert config.model.encoder_decoder
     _tiny_run(config, str(tmp_path / "tfds"))
     # The pretrained model's language 0 is English; German takes the other embedding.

@@ -1,17 +1,24 @@
-"""grain pipelines: documents -> token ids -> packed causal-LM rows -> per-process batches.
+"""grain pipelines of the pretraining objectives: documents -> token ids -> rows -> per-process
+batches, and the pieces the other pipelines share (process sharding, epochs, batch sizes,
+iterator checkpointing).
 
-Each batch is a numpy dict of int32 arrays, all [local_batch, seq_len]:
-  inputs       token ids; each document is [bos] + ids + [eos], concatenated and cut into rows
-               (a document longer than a row continues in the next row);
-  segment_ids  1, 2, 3, ... for the document pieces within a row, 0 for padding;
-  positions    the position within the piece, restarting at 0 where the segment changes.
-Attention must stay within a segment; causal-LM targets are `inputs` shifted within a segment.
-
-The iterator is checkpointable (`get_state`/`set_state`); `iterator_save_args` and
-`iterator_restore_args` put its state in an Orbax CheckpointManager checkpoint, one file per
-process.
+Every dataset takes (config, tokenizer, split, *, process_index, process_count, shuffle, repeat)
+and yields numpy dicts whose arrays have a leading [local_batch] axis; L is config.data.seq_len.
+  lm_dataset               causal LM (GPT, GPT-2): documents [bos] + ids + [eos] packed into rows
+                           (a long document continues in the next row): 'inputs',
+                           'segment_ids' (1, 2, ... per piece, 0 padding), 'positions'
+                           (restarting per piece), all [B, L]. Attention stays within a
+                           segment; targets are `inputs` shifted within a segment.
+  bert_pretraining_dataset masked LM + next-sentence pairs (BERT): 'inputs', 'token_types',
+                           'positions', 'attention_ids', 'mlm_labels' [B, L], 'nsp_labels' [B].
+  bart_denoising_dataset   BART's noised documents: 'inputs', 'input_mask', 'decoder_inputs',
+                           'targets', 'target_mask' [B, L].
+XLM's language-tagged streams and TLM pairs build on `packed_lm_rows` in data/multilingual.py;
+fine-tuning rows are finetune/pipelines.py's. Rows are a function of the config's seeds and the
+position in the stream: the iterator is checkpointable (`get_state`/`set_state`), and
+`iterator_save_args` / `iterator_restore_args` put its state in an Orbax CheckpointManager
+checkpoint, one file per process.
 """
-
 from __future__ import annotations
 
 import re

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -20,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from textgen_jax import ops
 from textgen_jax.models.bart import Bart
-from textgen_jax.models.layers import DECODE_KERNELS, few_rows_on_cpu, unscanned
+from textgen_jax.models.layers import DECODE_KERNELS, transposed_kernels, unscanned
 from textgen_jax.models.xlm import Xlm
 from textgen_jax.models.xlm_seq2seq import XlmEncoderDecoder
 
@@ -96,6 +98,7 @@ class _Plan(NamedTuple):
     eos_id: int
     pad_id: int
     stream: bool
+    transposed_kernels: bool  # steps read DECODE_KERNELS (ops.prefers_transposed_kernels)
 
 
 # ---- the models behind one interface -----------------------------------------------------
@@ -107,33 +110,25 @@ def _empty_cache(init: Callable[[], Any]) -> Any:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def _mutable(first: bool, transpose_kernels: bool) -> list[str]:
-    """The collections a decode call writes: the KV cache, and on the first call (the prompt)
-    the transposed kernels the steps read (layers.DECODE_KERNELS)."""
-    return ["cache", DECODE_KERNELS] if first and transpose_kernels else ["cache"]
-
-
 @dataclasses.dataclass(frozen=True)
 class _CausalLM:
     """GPT, GPT-2 and causal XLM. Batch: 'prompt' [batch, width] left-padded, 'lengths' [batch]
     (and 'language' [batch] for XLM). Row r's token at slot s has position s - padding_r.
 
-    The decoding state passed between calls holds the model's 'cache' collection and, with
-    `transpose_kernels`, its DECODE_KERNELS."""
+    The decoding state passed between calls holds the model's 'cache' collection (and
+    DECODE_KERNELS when `with_transposed_kernels` added them)."""
 
     model: nn.Module
-    transpose_kernels: bool = False
 
-    def _apply(self, params, state, tokens, segments, positions, language, first=False):
+    def _apply(self, params, state, tokens, segments, positions, language):
         variables = {"params": params, **state}
-        mutable = _mutable(first, self.transpose_kernels)
         if isinstance(self.model, Xlm):
             logits, updated = self.model.apply(
                 variables, tokens, langs=jnp.broadcast_to(language[:, None], tokens.shape),
-                positions=positions, attention_ids=segments, decode=True, mutable=mutable)
+                positions=positions, attention_ids=segments, decode=True, mutable=["cache"])
         else:
             logits, updated = self.model.apply(variables, tokens, segments, positions,
-                                               decode=True, mutable=mutable)
+                                               decode=True, mutable=["cache"])
         return logits[:, -1].astype(jnp.float32), {**state, **updated}
 
     def history(self, batch):
@@ -149,7 +144,7 @@ class _CausalLM:
         segments = (slots >= first[:, None]).astype(jnp.int32)
         positions = jnp.maximum(slots - first[:, None], 0)
         return self._apply(params, {"cache": cache}, prompt, segments, positions,
-                           batch.get("language"), first=True)
+                           batch.get("language"))
 
     def step(self, params, state, batch, tokens, i):
         position = (batch["lengths"] + i)[:, None]
@@ -166,7 +161,6 @@ class _EncoderDecoder:
 
     model: Bart | XlmEncoderDecoder
     decoder_start_id: int
-    transpose_kernels: bool = False
 
     @staticmethod
     def _languages(batch, tokens, key: str, argument: str) -> dict[str, jax.Array]:
@@ -198,37 +192,30 @@ class _EncoderDecoder:
     def _decode(self, params, state, batch, tokens, encoded):
         logits, updated = self.model.apply(
             {"params": params, **state}, tokens, encoded, batch["source_mask"],
-            decode=True, method="decode",
-            mutable=_mutable(encoded is not None, self.transpose_kernels),
+            decode=True, method="decode", mutable=["cache"],
             **self._languages(batch, tokens, "target_language", "decoder_langs"))
         return logits[:, -1].astype(jnp.float32), {**state, **updated}
 
 
-# Decoding on CPU reads transposed copies of the dense kernels (layers.DECODE_KERNELS) of a
-# model whose weights take at most this many bytes: a base-size model's, not a 1.5B one's (the
-# copies would not fit beside it in a notebook's memory).
-TRANSPOSED_KERNEL_BYTES = 2 << 30
-
-
-def _transpose_kernels(params: Any, rows: int) -> bool:
-    """Whether decoding `rows` (batch x beams) should make transposed kernels: on CPU, for
-    steps of few rows and a model small enough."""
-    size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
-    return few_rows_on_cpu(rows) and size <= TRANSPOSED_KERNEL_BYTES
-
-
-def generator_for(model: nn.Module, decoder_start_id: int = 0, transpose_kernels: bool = False):
-    """The generation interface of a model; ValueError for a model that cannot generate.
-    `transpose_kernels`: decode steps read transposed copies of the dense kernels, made by
-    the first call (faster on CPU)."""
+def generator_for(model: nn.Module, decoder_start_id: int = 0):
+    """The generation interface of a model; ValueError for a model that cannot generate."""
     if not getattr(model, "can_generate", True):
         raise ValueError(
             f"{type(model).__name__} (causal={getattr(model, 'causal', False)}) is an encoder "
             "with no next-token head, so it cannot generate; use fill-mask with it, or a gpt, "
             "gpt2, causal xlm (--config.model.causal=True) or bart checkpoint to generate.")
     if isinstance(model, (Bart, XlmEncoderDecoder)):
-        return _EncoderDecoder(model, decoder_start_id, transpose_kernels)
-    return _CausalLM(model, transpose_kernels)
+        return _EncoderDecoder(model, decoder_start_id)
+    return _CausalLM(model)
+
+
+def with_transposed_kernels(generator, params, state, batch) -> dict:
+    """The decoding `state` (after `start`) with DECODE_KERNELS added: transposed copies of the
+    kernels that `generator.step` reads, made once from params before the token loop."""
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    step = functools.partial(generator.step, params, state, batch,
+                             jnp.zeros((rows,), jnp.int32), 0)
+    return {**state, DECODE_KERNELS: transposed_kernels(params, step)}
 
 
 # ---- logits processors ---------------------------------------------------------------------
@@ -282,12 +269,14 @@ def _warp(scores, temperature, top_p, plan: _Plan):
 
 # ---- the compiled token loops --------------------------------------------------------------
 
-_stream_sinks: list[Callable[[np.ndarray], None]] = []
+# The `stream` of each generate call in flight, by the call's own id: a loop compiled once
+# serves every call, so its callback finds the caller's sink by the id the call passes in.
+_streams: dict[int, Callable[[np.ndarray], None]] = {}
+_stream_ids = itertools.count()
 
 
-def _emit(tokens: np.ndarray) -> None:
-    for sink in _stream_sinks:
-        sink(np.asarray(tokens))
+def _emit(call: np.ndarray, tokens: np.ndarray) -> None:
+    _streams[int(call)](np.asarray(tokens))
 
 
 def _write(history, column, tokens):
@@ -297,11 +286,14 @@ def _write(history, column, tokens):
 
 
 @functools.partial(jax.jit, static_argnames=("generator", "plan"))
-def _sample_loop(generator, params, batch, rng, temperature, top_p, *, plan: _Plan):
-    """Greedy or sampled tokens [batch, num_new] (pad after a row's EOS)."""
+def _sample_loop(generator, params, batch, rng, temperature, top_p, call, *, plan: _Plan):
+    """Greedy or sampled tokens [batch, num_new] (pad after a row's EOS); with plan.stream,
+    each step's tokens go to the stream registered under `call` (a uint32 scalar)."""
     prompt, first = generator.history(batch)
     width = prompt.shape[1]
     logits, cache = generator.start(params, batch, width + plan.num_new)
+    if plan.transposed_kernels:
+        cache = with_transposed_kernels(generator, params, cache, batch)
     rows = prompt.shape[0]
     history = jnp.concatenate(
         [prompt, jnp.full((rows, plan.num_new), plan.pad_id, jnp.int32)], axis=1)
@@ -316,7 +308,7 @@ def _sample_loop(generator, params, batch, rng, temperature, top_p, *, plan: _Pl
             token = jax.random.categorical(key, _warp(scores, temperature, top_p, plan))
         token = jnp.where(finished, plan.pad_id, token).astype(jnp.int32)
         if plan.stream:
-            jax.debug.callback(_emit, token, ordered=True)
+            jax.debug.callback(_emit, call, token, ordered=True)
         return i, _write(history, width + i, token), logits, cache, finished | (
             token == plan.eos_id), rng
 
@@ -368,6 +360,8 @@ def _beam_loop(generator, params, batch, *, plan: _Plan):
     cache = jax.tree_util.tree_map_with_path(
         lambda path, leaf: expand(leaf) if _per_beam(path, leaf) else leaf, cache)
     logits, batch = expand(logits), jax.tree.map(expand, batch)
+    if plan.transposed_kernels:
+        cache = with_transposed_kernels(generator, params, cache, batch)
     first = jnp.repeat(first, k)
     vocab = logits.shape[-1]
     history = jnp.concatenate([prompt, jnp.full((rows, plan.num_new), plan.pad_id, jnp.int32)],
@@ -462,8 +456,7 @@ def generate_ids(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]]
     model, params = unscanned(model, params)  # the KV cache lives in the unrolled blocks
     if not prompts:
         raise ValueError("no prompts given; pass at least one prompt.")
-    generator = generator_for(model, eos_id if decoder_start_id is None else decoder_start_id,
-                              _transpose_kernels(params, len(prompts) * options.num_beams))
+    generator = generator_for(model, eos_id if decoder_start_id is None else decoder_start_id)
     for index, ids in enumerate(prompts):
         if len(ids) == 0:
             raise ValueError(f"prompt {index} is empty; give each prompt at least one token "
@@ -504,23 +497,27 @@ def generate_ids(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]]
                  min_new_tokens=min(options.min_new_tokens, num_new),
                  num_beams=options.num_beams, length_penalty=float(options.length_penalty),
                  early_stopping=options.early_stopping, eos_id=eos_id, pad_id=pad_id,
-                 stream=stream is not None and options.num_beams == 1)
+                 stream=stream is not None and options.num_beams == 1,
+                 transposed_kernels=ops.prefers_transposed_kernels(
+                     rows * options.num_beams,
+                     sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))))
     batch = jax.tree.map(jnp.asarray, batch)
+    call = next(_stream_ids) % (1 << 32)
     if plan.stream:
-        _stream_sinks.append(stream)
+        _streams[call] = stream
     try:
         if options.num_beams > 1:
             out = _beam_loop(generator, params, batch, plan=plan)
         else:
             out = _sample_loop(generator, params, batch, jax.random.key(options.seed),
                                jnp.float32(max(options.temperature, 1e-6)),
-                               jnp.float32(options.top_p), plan=plan)
+                               jnp.float32(options.top_p), jnp.uint32(call), plan=plan)
         out = np.asarray(out)
         if plan.stream:
             jax.effects_barrier()
     finally:
         if plan.stream:
-            _stream_sinks.remove(stream)
+            del _streams[call]
     results = []
     for row in out.tolist():
         results.append(row[:row.index(eos_id)] if eos_id in row else row)

@@ -30,7 +30,7 @@ extractive_qa (bert, xlm): the text row of (question, context), plus start_posit
   end_positions [B] (the answer's first and last token; 0, the [cls] position, when the answer
   was cut off or is not in the context) and context_offsets [B, L, 2] (the character span in
   the context of the word each context token belongs to, -1 elsewhere), which
-  `best_answer_span` turns back into text.
+  `answers.best_answer_span` turns back into text.
 
 seq2seq:
   bart   inputs `[bos] source [eos]`, input_mask, decoder_inputs = eos + targets[:-1],
@@ -61,6 +61,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from textgen_jax.data.masking import IGNORE_LABEL
 from textgen_jax.data.pipeline import epochs, local_batch_size, process_shard, shuffle_seed
 from textgen_jax.data.sources import open_source
 from textgen_jax.data.tokenizer import Tokenizer
@@ -69,7 +70,8 @@ from textgen_jax.finetune.tasks import Task, get_task, signature_of
 ARCHS = ("bert", "xlm", "gpt", "gpt2", "bart")
 KIND_ARCHS = {"extractive_qa": ("bert", "xlm"), "token_classification": ("bert", "xlm"),
               "seq2seq": ("bart", "xlm", "gpt", "gpt2")}
-IGNORE_LABEL = -1  # token_classification: no loss (later pieces of a word, specials, padding)
+# The special pieces each architecture's rows write (their vocabulary must hold them).
+FINETUNE_PIECES = {"bert": ("<cls>", "<sep>"), "gpt": ("<sep>",), "gpt2": ("<sep>",)}
 
 
 def _text(value: Any) -> str:
@@ -472,28 +474,3 @@ def finetune_dataset(
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=config.data.worker_count))
     return dataset.batch(batch_size, drop_remainder=True)
-
-
-def best_answer_span(start_logits: np.ndarray, end_logits: np.ndarray,
-                     context_offsets: np.ndarray, context: str, max_answer_length: int = 30,
-                     n_best: int = 20) -> str:
-    """The answer text of one QA row: the span with the highest start + end logit among the
-    n_best best starts and n_best best ends that lie in the context, end >= start and at most
-    max_answer_length tokens long (BERT's SQuAD decoding); '' when no span qualifies.
-
-    start_logits, end_logits [L]; context_offsets [L, 2] (the row's, -1 off the context);
-    context the example's, `task_source(config, split)[example_index]['context']`.
-    """
-    start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
-    in_context = np.asarray(context_offsets)[:, 0] >= 0
-    best_starts = np.argsort(-start_logits, kind="stable")[:n_best]
-    best_ends = np.argsort(-end_logits, kind="stable")[:n_best]
-    best, best_score = None, -np.inf
-    for start in best_starts:
-        for end in best_ends:
-            if (in_context[start] and in_context[end] and start <= end < start + max_answer_length
-                    and start_logits[start] + end_logits[end] > best_score):
-                best, best_score = (start, end), start_logits[start] + end_logits[end]
-    if best is None:
-        return ""
-    return context[context_offsets[best[0]][0]:context_offsets[best[1]][1]]

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
 from textgen_jax.finetune.pipelines import ARCHS, KIND_ARCHS
 from textgen_jax.finetune.tasks import get_task
-from textgen_jax.objectives.finetune_tokens import TOKEN_TASK_HEADS
+from textgen_jax.models.heads import TOKEN_HEADS
+from textgen_jax.presets import architecture_config
 
 
-def architecture_config(configs_dir: str | Path, arch: str, preset: str = "tiny"
-                        ) -> ml_collections.ConfigDict:
-    """`configs_dir/<arch>.py`'s get_config(preset): the model a fine-tune starts from."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}.")
-    path = Path(configs_dir) / f"{arch}.py"
-    spec = importlib.util.spec_from_file_location(f"_textgen_jax_configs_{arch}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
-
-
-def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
-                    ) -> ml_collections.ConfigDict:
+def finetune_config(task_name: str, arch_preset: str) -> ml_collections.ConfigDict:
     """Task `task_name` on `arch_preset`: an architecture ('bert' = its tiny preset) or
-    architecture-preset ('bert-base'), the model of configs_dir/<arch>.py that init_from loads.
+    architecture-preset ('bert-base'), the model of configs/<arch>.py (textgen_jax.presets)
+    that init_from loads.
 
     The data are the task's (dataset, train and eval splits); the optimisation is the papers'
     fine-tuning recipe (BERT §4.1/§A.3, GPT §4.1: a small learning rate, linear decay to 0
@@ -44,7 +30,7 @@ def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
     if arch not in allowed:
         raise ValueError(f"task {task_name!r} ({task.kind}) runs on {', '.join(allowed)}, "
                          f"not {arch!r}.")
-    config = architecture_config(configs_dir, arch, preset)
+    config = architecture_config(arch, preset)
     config.task.name = task.name
     config.data.update(dataset=task.dataset, files="", train_split=task.train_split,
                        eval_split=task.eval_split)
@@ -52,8 +38,8 @@ def finetune_config(configs_dir: str | Path, task_name: str, arch_preset: str
         config.model.num_labels = task.num_labels
     elif task.kind == "multiple_choice":
         config.model.num_labels = 1  # a score per choice, softmax over the choices
-    elif task.kind in TOKEN_TASK_HEADS:
-        config.model.head = TOKEN_TASK_HEADS[task.kind]
+    elif task.kind in TOKEN_HEADS:
+        config.model.head = TOKEN_HEADS[task.kind]
         config.model.num_labels = task.num_labels  # tags; 0 for QA's start/end head
     elif task.kind == "seq2seq":
         config.task.label_smoothing = 0.1  # fairseq's BART summarization and translation recipes

@@ -21,9 +21,10 @@ import numpy as np
 
 from textgen_jax.models.heads import ClassificationHead, gather_positions
 from textgen_jax.models.layers import (MLP, REMAT_POLICIES, Embed, LayerNorm, MultiHeadAttention,
-                                       TransformerBlock, TransformerConfig, add_bias,
-                                       attention_mask, cached_attention_mask, layer_stack)
+                                       TransformerBlock, TransformerConfig, attention_mask,
+                                       cached_attention_mask, layer_stack)
 from textgen_jax.models.spec import ENCODER_DECODER, ArchitectureSpec
+from textgen_jax.ops import add_bias
 
 # The reference's learned position table keeps two extra leading rows (a fairseq legacy of
 # padding_idx = 1): position p reads row p + 2.

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 
 from textgen_jax.models.heads import classifier, token_head_outputs
 from textgen_jax.models.layers import (DenseGeneral, Embed, LayerNorm, TransformerBlock,
-                                       TransformerConfig, activation_fn, add_bias, attention_mask,
+                                       TransformerConfig, activation_fn, attention_mask,
                                        layer_stack)
 from textgen_jax.models.spec import ENCODER, ArchitectureSpec
+from textgen_jax.ops import add_bias
 
 NUM_NSP_CLASSES = 2  # class 0: B is A's true next segment, class 1: B is random (reference order)
 

@@ -43,9 +43,11 @@ class ClassificationHead(nn.Module):
         return classifier(cfg, self.num_labels, "out_proj")(x).astype(jnp.float32)
 
 
-# The encoders' per-token heads (config.model.head), named as Hugging Face's *ForTokenClassification
-# and *ForQuestionAnswering(Simple) name their layers, so weights map one to one.
-TOKEN_HEADS = ("token_classification", "question_answering")
+# The encoders' per-token heads (config.model.head), keyed by the fine-tuning task kind each
+# serves (finetune/tasks.py). Their layers are named as Hugging Face's *ForTokenClassification
+# and *ForQuestionAnswering(Simple) name theirs, so weights map one to one.
+TOKEN_HEADS = {"token_classification": "token_classification",
+               "extractive_qa": "question_answering"}
 
 
 def token_head_outputs(cfg: TransformerConfig, head: str, num_labels: int, x: jax.Array,
@@ -68,4 +70,5 @@ def token_head_outputs(cfg: TransformerConfig, head: str, num_labels: int, x: ja
     if head == "question_answering":
         logits = classifier(cfg, 2, "qa_outputs")(x).astype(jnp.float32)
         return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
-    raise ValueError(f"config.model.head={head!r}: use '' (none) or one of {TOKEN_HEADS}.")
+    raise ValueError(f"config.model.head={head!r}: use '' (none) or one of "
+                     f"{tuple(TOKEN_HEADS.values())}.")

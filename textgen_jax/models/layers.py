@@ -2,17 +2,15 @@
 
 Every parameter is created through `nn.with_logical_partitioning` with names from
 {batch, length, embed, heads, kv, mlp, vocab, layers}; training/partitioning.py maps them to
-mesh axes. Parameters are float32; `dtype` is the compute dtype, and every matmul accumulates
-in float32 (`preferred_element_type`), which is also the fast bfloat16 path on CPU (AMX).
-float32 operands multiply in full float32 on every backend (GPUs would otherwise round them to
-TF32, ~1e-3 off the reference implementations); bfloat16 is the fast path there.
+mesh axes. Parameters are float32; `dtype` is the compute dtype. The matmuls and the attention
+kernel are the backend's (textgen_jax.ops): float32 accumulation everywhere, XLA:CPU's layouts
+and gradients on CPU, plain dots XLA fuses on GPU and TPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
@@ -20,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from textgen_jax import ops
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -43,6 +43,7 @@ class TransformerConfig:
     activation: str = "gelu_tanh"  # gelu_tanh (GPT, GPT-2) | gelu (BERT, XLM, BART)
     remat: str = "none"  # none | full | save_dots: what each block keeps for the backward pass
     scan_layers: bool = False  # one nn.scan over layer-stacked parameters (see layer_stack)
+    attention: str = "auto"  # the attention kernel (ops.ATTENTION_CHOICES; auto: per backend)
 
     @property
     def head_dim(self) -> int:
@@ -59,147 +60,34 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     raise ValueError(f"unknown activation {name!r}: use gelu_tanh, gelu or relu.")
 
 
-def _precision(dtype: jnp.dtype) -> jax.lax.Precision:
-    """HIGHEST for float32 operands: a float32 model stays float32 (exact against PyTorch,
-    which keeps TF32 off by default) on GPUs and TPUs; DEFAULT for the compute dtypes."""
-    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
-
-
-def _dot(a: Array, b: Array, a_axes: Sequence[int], b_axes: Sequence[int]) -> Array:
-    return jax.lax.dot_general(
-        a, b, ((tuple(a_axes), tuple(b_axes)), ((), ())), precision=_precision(a.dtype),
-        preferred_element_type=jnp.float32)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _matmul(x: Array, kernel: Array, contract: int, kernel_transposed: bool,
-            out_dtype: jnp.dtype) -> Array:
-    return _matmul_fwd(x, kernel, contract, kernel_transposed, out_dtype)[0]
-
-
-def _kernel_axes(kernel: Array, contract: int, kernel_transposed: bool) -> tuple[range, range]:
-    """(contracted, free) axes of the kernel."""
-    if kernel_transposed:
-        return range(kernel.ndim - contract, kernel.ndim), range(kernel.ndim - contract)
-    return range(contract), range(contract, kernel.ndim)
-
-
-# At most this many rows of x is a decoding step's matrix-vector product, for which XLA:CPU
-# reads a transposed kernel [out, in] faster into an [out, rows] result than into [rows, out]:
-# GPT-2's and BART's output layer on 4 rows, 5.3 ms instead of 9.7 ms.
-FEW_ROWS = 32
-
-
-def few_rows_on_cpu(rows: int) -> bool:
-    """Whether a matmul of `rows` rows takes the transposed-kernel layout (FEW_ROWS)."""
-    return rows <= FEW_ROWS and jax.default_backend() == "cpu"
-
-
-def _matmul_fwd(x, kernel, contract, kernel_transposed, out_dtype):
-    kernel_dtype = jnp.zeros((), kernel.dtype)
-    kernel = kernel.astype(x.dtype)
-    contracted, free = _kernel_axes(kernel, contract, kernel_transposed)
-    x_contracted = range(x.ndim - contract, x.ndim)
-    if kernel_transposed and few_rows_on_cpu(math.prod(x.shape[:x.ndim - contract])):
-        # The barrier keeps XLA from folding the transpose back into the dot's layout.
-        y = jax.lax.optimization_barrier(_dot(kernel, x, contracted, x_contracted))
-        y = jnp.moveaxis(y, tuple(range(len(free))), tuple(range(x.ndim - contract, y.ndim)))
-    else:
-        y = _dot(x, kernel, x_contracted, contracted)
-    return y.astype(out_dtype), (x, kernel, kernel_dtype)
-
-
-def _matmul_bwd(contract, kernel_transposed, out_dtype, residuals, g):
-    # Both gradient matmuls take operands in the compute dtype and accumulate in float32, so
-    # bfloat16 training stays on the fast path (AMX on CPU) for the backward pass too.
-    x, kernel, kernel_dtype = residuals
-    g = g.astype(x.dtype)
-    batch = range(x.ndim - contract)
-    _, free = _kernel_axes(kernel, contract, kernel_transposed)
-    grad_x = _dot(g, kernel, range(len(batch), g.ndim), free)
-    # The kernel's gradient is produced directly in the kernel's layout: a transpose after the
-    # matmul would leave XLA:CPU a bfloat16 dot it cannot run ("DotThunk: BF16 x BF16 = F32").
-    grad_kernel = _dot(g, x, batch, batch) if kernel_transposed else _dot(x, g, batch, batch)
-    return grad_x.astype(x.dtype), grad_kernel.astype(kernel_dtype.dtype)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def matmul(x: Array, kernel: Array, contract: int = 1, kernel_transposed: bool = False,
-           out_dtype: jnp.dtype | None = None) -> Array:
-    """Contracts the last `contract` axes of x with the first (or, if `kernel_transposed`, the
-    last) `contract` axes of kernel, in x's dtype.
-
-    Forward and backward matmuls take operands in x's dtype (the compute dtype) and accumulate
-    in float32; the result is cast to `out_dtype` (default x's dtype) and the kernel's gradient
-    comes back in the kernel's own dtype (float32).
-    """
-    return _matmul(x, kernel, contract, kernel_transposed, jnp.dtype(out_dtype or x.dtype))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _einsum(spec: str, a: Array, b: Array, out_dtype: jnp.dtype) -> Array:
-    return jnp.einsum(spec, a, b, precision=_precision(a.dtype),
-                      preferred_element_type=jnp.float32).astype(out_dtype)
-
-
-def _einsum_fwd(spec, a, b, out_dtype):
-    return _einsum(spec, a, b, out_dtype), (a, b)
-
-
-def _einsum_bwd(spec, out_dtype, residuals, g):
-    a, b = residuals
-    inputs, out = spec.split("->")
-    a_spec, b_spec = inputs.split(",")
-    g = g.astype(a.dtype)
-    precision = _precision(a.dtype)
-    grad_a = jnp.einsum(f"{out},{b_spec}->{a_spec}", g, b, precision=precision,
-                        preferred_element_type=jnp.float32)
-    grad_b = jnp.einsum(f"{out},{a_spec}->{b_spec}", g, a, precision=precision,
-                        preferred_element_type=jnp.float32)
-    return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
-
-
-_einsum.defvjp(_einsum_fwd, _einsum_bwd)
-
-
-def einsum(spec: str, a: Array, b: Array, out_dtype: jnp.dtype | None = None) -> Array:
-    """jnp.einsum(spec, a, b) of two activations in the compute dtype, accumulated in float32
-    and cast to `out_dtype` (default a's dtype). Unlike JAX's own gradient of a float32-
-    accumulated einsum, the backward matmuls also take compute-dtype operands.
-    """
-    return _einsum(spec, a, b, jnp.dtype(out_dtype or a.dtype))
-
-
-@jax.custom_vjp
-def add_bias(y: Array, bias: Array) -> Array:
-    """y [..., *bias.shape] + bias, in y's dtype; bias's gradient comes back in its own dtype.
-
-    The gradient sums over the leading axes as a matmul with a vector of ones: XLA:CPU runs a
-    large reduction on one core, a matmul on all of them.
-    """
-    return y + bias.astype(y.dtype)
-
-
-def _add_bias_fwd(y, bias):
-    return add_bias(y, bias), bias
-
-
-def _add_bias_bwd(bias, g):
-    batch = range(g.ndim - bias.ndim)
-    ones = jnp.ones(g.shape[:len(batch)], g.dtype)
-    return g, _dot(ones, g, batch, batch).astype(bias.dtype)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
-# A variable collection that decoding fills, once per generate call, with each dense kernel
-# transposed to [out..., in...]: XLA:CPU multiplies a few rows (FEW_ROWS: one decoding step)
-# by a kernel faster that way, whole generate calls 5-11% (bench/README.md). A DenseGeneral
-# whose collection is mutable makes its copy; one given the collection uses it instead.
+# A variable collection of dense kernels transposed to [out..., in...], made for decoding's
+# steps by `transposed_kernels` (a transform of the params) when the backend prefers it
+# (ops.prefers_transposed_kernels); a DenseGeneral given its copy reads it instead.
 DECODE_KERNELS = "decode_kernels"
+
+
+def transposed_kernels(params: Any, run: Callable[[], Any]) -> dict:
+    """The DECODE_KERNELS collection for `run`: the kernel [in..., out...] of every DenseGeneral
+    that `run` (an apply of the model to `params`, e.g. one decoding step) calls, transposed
+    to [out..., in...] at the same path. `run` is only traced abstractly to find them."""
+    in_axes = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, DenseGeneral) and context.method_name == "__call__":
+            in_axes[context.module.path] = context.module.in_axes
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(run)
+    kernels: dict = {}
+    for path, axes in in_axes.items():
+        kernel, node = params, kernels
+        for name in path:
+            kernel, node = kernel[name], node.setdefault(name, {})
+        # The barrier keeps XLA from giving the copy the kernel's own memory layout.
+        node["kernel"] = jax.lax.optimization_barrier(
+            jnp.moveaxis(kernel["kernel"], tuple(range(axes)), tuple(range(-axes, 0))))
+    return kernels
 
 
 class DenseGeneral(nn.Module):
@@ -211,33 +99,25 @@ class DenseGeneral(nn.Module):
     use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = nn.initializers.normal(0.02)
-    # False: decoding makes no transposed copy (DECODE_KERNELS), as no decoding step reads it.
-    decode_copy: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
         shape = x.shape[x.ndim - self.in_axes:] + features
         if self.has_variable(DECODE_KERNELS, "kernel"):
-            y = matmul(x.astype(self.dtype), self.get_variable(DECODE_KERNELS, "kernel"),
-                       self.in_axes, kernel_transposed=True)
+            y = ops.matmul(x.astype(self.dtype), self.get_variable(DECODE_KERNELS, "kernel"),
+                           self.in_axes, kernel_transposed=True)
         else:
             kernel = self.param(
                 "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                 shape, jnp.float32)
-            if (self.decode_copy and self.is_mutable_collection(DECODE_KERNELS)
-                    and not self.is_initializing()):  # init makes every collection mutable
-                # The barrier keeps XLA from giving the copy the kernel's own memory layout.
-                self.put_variable(DECODE_KERNELS, "kernel", jax.lax.optimization_barrier(
-                    jnp.moveaxis(kernel, tuple(range(self.in_axes)),
-                                 tuple(range(-self.in_axes, 0)))))
-            y = matmul(x.astype(self.dtype), kernel, self.in_axes)
+            y = ops.matmul(x.astype(self.dtype), kernel, self.in_axes)
         if self.use_bias:
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                      self.kernel_axes[self.in_axes:]),
                 features, jnp.float32)
-            y = add_bias(y, bias)
+            y = ops.add_bias(y, bias)
         return y
 
 
@@ -281,8 +161,8 @@ class Embed(nn.Module):
 
     def attend(self, x: Array) -> Array:
         """x [..., features] -> float32 logits [..., num_embeddings] (tied output layer)."""
-        return matmul(x.astype(self.dtype), self.embedding, kernel_transposed=True,
-                      out_dtype=jnp.float32)
+        return ops.matmul(x.astype(self.dtype), self.embedding, kernel_transposed=True,
+                          out_dtype=jnp.float32)
 
 
 def attention_mask(query_segments: Array, key_segments: Array, causal: bool) -> Array:
@@ -371,17 +251,14 @@ class MultiHeadAttention(nn.Module):
             kernel_init=nn.initializers.normal(cfg.init_std))
         query = proj(name="query")(x)
         query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
-        # Heads lead ([batch, heads, length, kv]) so that every matmul of the attention and of
-        # its gradient is one XLA:CPU runs in bfloat16 with float32 accumulation.
+        # Heads lead ([batch, heads, length, kv]): ops.attention's layout (see there why).
         query = jnp.swapaxes(query, 1, 2)
         if kv is None and not (self.cross and decode):
             kv = x
         if kv is not None:
-            # Decoding projects the source once, so its steps read no copy of these kernels.
-            proj_kv = functools.partial(proj, decode_copy=not self.cross)
-            key = nn.with_logical_constraint(proj_kv(name="key")(kv),
+            key = nn.with_logical_constraint(proj(name="key")(kv),
                                              ("batch", "length", "heads", "kv"))
-            value = nn.with_logical_constraint(proj_kv(name="value")(kv),
+            value = nn.with_logical_constraint(proj(name="value")(kv),
                                                ("batch", "length", "heads", "kv"))
             key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
         if decode:
@@ -391,11 +268,11 @@ class MultiHeadAttention(nn.Module):
         query = query / np.sqrt(cfg.head_dim).astype(cfg.dtype)
         group = query.shape[0] // key.shape[0]  # rows of x per row of keys (> 1: shared source)
         query, mask = _fold_group(query, group), _fold_group(mask, group)
-        scores = einsum("bhqd,bhkd->bhqk", query, key, out_dtype=jnp.float32)
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        out = _unfold_group(einsum("bhqk,bhkd->bhqd", probs, value), group)
+        dropout = None
+        if cfg.attention_dropout > 0 and not deterministic:
+            dropout = functools.partial(nn.Dropout(cfg.attention_dropout), deterministic=False)
+        out = _unfold_group(ops.attention(query, key, value, mask, choice=cfg.attention,
+                                          dropout=dropout), group)
         out = jnp.swapaxes(out, 1, 2)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return DenseGeneral(

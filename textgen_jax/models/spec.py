@@ -77,7 +77,8 @@ class ArchitectureSpec:
             num_heads=m.num_heads, d_ff=m.d_ff, max_len=m.max_len, dropout=m.dropout,
             attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps,
             init_std=m.init_std, dtype=jnp.dtype(m.dtype), activation=m.activation,
-            remat=m.remat, scan_layers=m.scan_layers)
+            remat=m.remat, scan_layers=m.scan_layers,
+            attention=m.get("attention", "auto"))  # configs saved before the key
 
     def select(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """`row` without the model keys this architecture does not read (other keys, such as

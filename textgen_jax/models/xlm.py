@@ -19,8 +19,8 @@ import numpy as np
 
 from textgen_jax.models.heads import classifier, token_head_outputs
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
-                                       add_bias, attention_mask, cached_attention_mask,
-                                       layer_stack)
+                                       attention_mask, cached_attention_mask, layer_stack)
+from textgen_jax.ops import add_bias
 
 
 def sinusoidal_position_table(num_positions: int, d_model: int) -> np.ndarray:

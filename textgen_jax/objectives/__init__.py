@@ -2,13 +2,15 @@
 
 A loss function maps (model, params, batch, rng, deterministic) to a dict of sums with at least
 'loss' and 'tokens'; the loop divides. The loop reaches data and loss only through the
-`Objective` that `objective_for(config)` picks, so it never branches on the architecture.
+`Objective` that `finetune.objectives.objective_for(config)` picks, so it never branches on the
+architecture. This package holds the interface and the pretraining objectives (clm, mlm_nsp,
+xlm_clm, xlm_mlm, tlm, denoising: `pretraining_objective`); the fine-tuning objectives live in
+finetune/, which imports this package and never the reverse.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable
 
 import ml_collections
@@ -19,8 +21,6 @@ from textgen_jax.config import ConfigError
 from textgen_jax.data.tokenizer import lang_symbol
 from textgen_jax.objectives.clm import causal_lm_loss, clm_loss_fn
 from textgen_jax.objectives.denoising import denoising_loss_fn
-from textgen_jax.objectives.finetune import (sequence_task_loss_fn,
-                                             sequence_task_predict_fn)
 from textgen_jax.objectives.mlm import masked_lm_loss, mlm_nsp_loss_fn
 from textgen_jax.objectives.xlm import xlm_clm_loss_fn, xlm_mlm_loss_fn
 
@@ -40,17 +40,17 @@ class Objective:
     metrics: tuple[str, ...] = ()
     jit_predict: bool = True
     # (config, tokenizer, split, outputs) -> {metric: value}: scores the concatenated outputs
-    # of predict_fn over the evaluation batches. None: compute_metrics(metrics,
-    # outputs['predictions'], outputs['labels']). Tasks scored on text (QA spans, decoded
+    # of predict_fn over the evaluation batches. Tasks scored on text (QA spans, decoded
     # summaries) read their contexts and references through outputs['example_index'].
     score_fn: Callable | None = None
 
     def score(self, config: ml_collections.ConfigDict, tokenizer: data.Tokenizer, split: str,
               outputs: dict) -> dict[str, float]:
-        if self.score_fn is not None:
-            return self.score_fn(config, tokenizer, split, outputs)
-        from textgen_jax.finetune.metrics import compute_metrics
-        return compute_metrics(self.metrics, outputs["predictions"], outputs["labels"])
+        """The task metrics of predict_fn's `outputs` over `split` (a fine-tuning objective)."""
+        if self.score_fn is None:
+            raise ValueError(f"Objective {self.name!r} has no task metrics to score: only a "
+                             "fine-tuning objective (config.task.name) has.")
+        return self.score_fn(config, tokenizer, split, outputs)
 
     def check_vocabulary(self, config: ml_collections.ConfigDict, tokenizer: data.Tokenizer,
                          where: str) -> None:
@@ -92,61 +92,9 @@ OBJECTIVES["tlm"] = Objective("tlm", xlm_mlm_loss_fn, multilingual.tlm_dataset,
 DEFAULT_OBJECTIVE["xlm"] = "xlm_mlm"
 
 
-# The special pieces each architecture's fine-tuning rows use (finetune/pipelines.py).
-FINETUNE_PIECES = {"bert": ("<cls>", "<sep>"), "gpt": ("<sep>",), "gpt2": ("<sep>",)}
-
-
-def check_head(config: ml_collections.ConfigDict, task) -> None:
-    """Raises unless config.model.num_labels is the head size the task's labels need: its
-    classes (tags), 1 for a score or for multiple choice (a score per choice). QA and seq2seq
-    have heads of their own and read no num_labels. A per-token head (config.model.head) is
-    only for token classification and QA (finetune_tokens.py checks which)."""
-    if config.model.head and task.kind not in ("token_classification", "extractive_qa"):
-        raise ConfigError(f"config.model.head={config.model.head!r} is a per-token head, but "
-                          f"config.task.name={task.name!r} is {task.kind}: set "
-                          "--config.model.head=''.")
-    if task.kind in ("extractive_qa", "seq2seq"):
-        return
-    if task.kind == "multiple_choice":
-        needed, labels = 1, f"the index of one of {task.num_labels} choices (a score each)"
-    elif task.is_regression:
-        needed, labels = 1, "one float score"
-    else:
-        needed, labels = task.num_labels, f"{task.num_labels} classes"
-    if config.model.num_labels != needed:
-        raise ConfigError(f"config.task.name={task.name!r} has labels for {labels}, which do "
-                          f"not fit config.model.num_labels={config.model.num_labels}: set "
-                          f"--config.model.num_labels={needed}.")
-
-
-def finetune_objective(config: ml_collections.ConfigDict) -> Objective:
-    """The objective of the fine-tuning task config.task.name on config.model.arch."""
-    from textgen_jax.finetune.pipelines import finetune_dataset
-    from textgen_jax.finetune.tasks import get_task
-
-    task = get_task(config.task.name)
-    arch = config.model.arch
-    check_head(config, task)
-    if task.kind in ("token_classification", "extractive_qa"):
-        from textgen_jax.objectives.finetune_tokens import token_task_objective
-        return token_task_objective(config, task)
-    if task.kind == "seq2seq":
-        from textgen_jax.objectives.finetune_seq2seq import seq2seq_objective
-        return seq2seq_objective(config, task)
-    loss_fn = functools.partial(sequence_task_loss_fn, arch=arch, kind=task.kind,
-                                regression=task.is_regression, lm_weight=config.task.lm_weight)
-    predict_fn = functools.partial(sequence_task_predict_fn, arch=arch, kind=task.kind,
-                                   regression=task.is_regression)
-    return Objective(f"finetune:{task.name}", loss_fn, finetune_dataset,
-                     pieces=FINETUNE_PIECES.get(arch, ()), predict_fn=predict_fn,
-                     metrics=task.metrics)
-
-
-def objective_for(config: ml_collections.ConfigDict) -> Objective:
-    """config.objective, or the architecture's own objective when it is ''; the fine-tuning
-    objective when config.task.name names a task."""
-    if config.task.name:
-        return finetune_objective(config)
+def pretraining_objective(config: ml_collections.ConfigDict) -> Objective:
+    """config.objective, or the architecture's own objective when it is ''. (A fine-tuning
+    task's objective comes from finetune.objectives.objective_for, which reads config.task.)"""
     name = config.objective or DEFAULT_OBJECTIVE.get(config.model.arch, "")
     if name not in OBJECTIVES:
         raise ConfigError(f"config.objective={name!r} (architecture {config.model.arch!r}) is "
@@ -155,4 +103,4 @@ def objective_for(config: ml_collections.ConfigDict) -> Objective:
 
 
 __all__ = ["Objective", "causal_lm_loss", "clm_loss_fn", "denoising_loss_fn", "masked_lm_loss",
-           "mlm_nsp_loss_fn", "objective_for", "xlm_clm_loss_fn", "xlm_mlm_loss_fn"]
+           "mlm_nsp_loss_fn", "pretraining_objective", "xlm_clm_loss_fn", "xlm_mlm_loss_fn"]

@@ -15,7 +15,8 @@ from jax.experimental import multihost_utils
 
 from textgen_jax import config as config_lib
 from textgen_jax import data as data_lib
-from textgen_jax import decoding, models, objectives
+from textgen_jax import decoding, models
+from textgen_jax.finetune.objectives import objective_for
 from textgen_jax.finetune.tasks import in_language
 from textgen_jax.training import (checkpoint, init_from, metrics as metrics_lib, optimizer,
                                   partitioning, steps)
@@ -76,7 +77,7 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
     fine-tuning task's metrics (`predict` from make_predict_step, built here when None); for
     each of config.task.eval_languages, its loss and metrics in that language as
     <name>_<language>."""
-    objective = objectives.objective_for(config)
+    objective = objective_for(config)
     dataset = partitioning.process_dataset(objective.dataset, config, tokenizer,
                                            config.data.eval_split, shuffle=False, repeat=True)
     predict = predict or make_predict_step(config, objective)
@@ -127,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     resolve_vocab_size(config, tokenizer.vocab_size)
     checkpoint.check_compatible(workdir, config)
     partitioning.check_divisibility(config, mesh, config.model.vocab_size)
-    objective = objectives.objective_for(config)
+    objective = objective_for(config)
     objective.check_vocabulary(config, tokenizer, f"in {workdir}")
     train_data = partitioning.process_dataset(objective.dataset, config, tokenizer,
                                               config.data.train_split, shuffle=True, repeat=True)

@@ -22,6 +22,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from textgen_jax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# config.mesh of data_parallel_mesh(): what a restored checkpoint runs on.
+DATA_PARALLEL_MESH = {"data": -1, "fsdp": 1, "tensor": 1}
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
@@ -60,6 +62,12 @@ def make_mesh(mesh_config: ml_collections.ConfigDict,
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_config, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def data_parallel_mesh() -> Mesh:
+    """Every device on the `data` axis (params replicated, batches split): the mesh that
+    restores and evaluates a checkpoint whatever mesh wrote it."""
+    return make_mesh(ml_collections.ConfigDict(DATA_PARALLEL_MESH))
 
 
 def check_divisibility(config: ml_collections.ConfigDict, mesh: Mesh, vocab_size: int) -> None:

@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from textgen_jax.finetune.classification import sequence_logits, sequence_task_loss_fn
 from textgen_jax.models.bart import Bart
 from textgen_jax.models.gpt2 import GPT2
 from textgen_jax.models.layers import TransformerConfig
 from textgen_jax.objectives.clm import causal_lm_loss
-from textgen_jax.objectives.finetune import sequence_logits, sequence_task_loss_fn
 
 VOCAB, LENGTH = 50, 10
 

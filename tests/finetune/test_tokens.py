@@ -10,16 +10,15 @@ import pytest
 from flax import linen as nn
 
 from textgen_jax.config import ConfigError, base_config
-from textgen_jax.finetune.pipelines import IGNORE_LABEL
+from textgen_jax.data.masking import IGNORE_LABEL
+from textgen_jax.finetune.objectives import finetune_objective
 from textgen_jax.finetune.tasks import get_task
+from textgen_jax.finetune.tokens import (extractive_qa_loss_fn, extractive_qa_predict_fn,
+                                         token_classification_loss_fn,
+                                         token_classification_predict_fn)
 from textgen_jax.models.bert import Bert
 from textgen_jax.models.layers import TransformerConfig
 from textgen_jax.models.xlm import Xlm
-from textgen_jax.objectives import finetune_objective
-from textgen_jax.objectives.finetune_tokens import (extractive_qa_loss_fn,
-                                                    extractive_qa_predict_fn,
-                                                    token_classification_loss_fn,
-                                                    token_classification_predict_fn)
 
 VOCAB, BATCH, LENGTH, TAGS = 40, 3, 12, 5
 CFG = TransformerConfig(vocab_size=VOCAB, num_layers=1, d_model=32, num_heads=2, d_ff=64,

@@ -13,11 +13,11 @@ import pytest
 from textgen_jax import models
 from textgen_jax.config import ConfigError, base_config
 from textgen_jax.decoding.generate import GenerationOptions
+from textgen_jax.finetune.objectives import objective_for
 from textgen_jax.finetune.pipelines import finetune_rows, references, task_source
-from textgen_jax.objectives import objective_for
+from textgen_jax.finetune.seq2seq import (NO_TOKEN, seq2seq_logits, seq2seq_loss_fn,
+                                          seq2seq_predict_fn, seq2seq_score_fn)
 from textgen_jax.objectives.clm import cross_entropy_sums
-from textgen_jax.objectives.finetune_seq2seq import (NO_TOKEN, seq2seq_logits, seq2seq_loss_fn,
-                                                     seq2seq_predict_fn, seq2seq_score_fn)
 
 from conftest import count_compiles
 

@@ -22,19 +22,18 @@ import ml_collections
 import numpy as np
 
 from textgen_jax.config import ConfigError
+from textgen_jax.data.masking import IGNORE_LABEL
 from textgen_jax.data.sources import example_text
 from textgen_jax.data.tokenizer import Tokenizer
+from textgen_jax.finetune.answers import best_answer_span
+from textgen_jax.finetune.forward import model_outputs
 from textgen_jax.finetune.metrics import compute_metrics
-from textgen_jax.finetune.pipelines import (IGNORE_LABEL, KIND_ARCHS, best_answer_span,
-                                            finetune_dataset, references, task_source)
+from textgen_jax.finetune.pipelines import (FINETUNE_PIECES, KIND_ARCHS, finetune_dataset,
+                                            references, task_source)
 from textgen_jax.finetune.tasks import Task
-from textgen_jax.objectives import FINETUNE_PIECES, Objective
+from textgen_jax.models.heads import TOKEN_HEADS
+from textgen_jax.objectives import Objective
 from textgen_jax.objectives.clm import cross_entropy_sums
-from textgen_jax.objectives.finetune import model_outputs
-
-# The model head (config.model.head, models/heads.py) each per-token task kind reads.
-TOKEN_TASK_HEADS = {"token_classification": "token_classification",
-                    "extractive_qa": "question_answering"}
 
 
 def token_classification_loss_fn(model, params, batch: dict[str, jax.Array], rng,
@@ -117,7 +116,7 @@ def token_task_objective(config: ml_collections.ConfigDict, task: Task) -> Objec
     """The objective of a token_classification or extractive_qa task on config.model.arch;
     raises ConfigError when the model cannot run it (another architecture, or a
     config.model.head that is not the task's)."""
-    arch, head = config.model.arch, TOKEN_TASK_HEADS[task.kind]
+    arch, head = config.model.arch, TOKEN_HEADS[task.kind]
     if arch not in KIND_ARCHS[task.kind]:
         raise ConfigError(f"config.task.name={task.name!r} ({task.kind}) needs an encoder, one of "
                           f"{KIND_ARCHS[task.kind]}, not config.model.arch={arch!r}.")

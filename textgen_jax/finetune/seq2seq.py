@@ -23,6 +23,12 @@ import numpy as np
 
 from textgen_jax.config import ConfigError
 from textgen_jax.decoding.generate import GenerationOptions, generate_ids
+from textgen_jax.finetune.forward import model_outputs
+from textgen_jax.finetune.metrics import compute_metrics
+from textgen_jax.finetune.pipelines import (FINETUNE_PIECES, finetune_dataset, references,
+                                            task_source)
+from textgen_jax.finetune.tasks import Task
+from textgen_jax.objectives import Objective
 from textgen_jax.objectives.clm import cross_entropy_sums
 
 ENCODER_DECODERS = ("bart", "xlm")  # xlm: the translation model initialised from XLM (§5)
@@ -33,21 +39,7 @@ def seq2seq_logits(arch: str, model, params, batch: dict[str, jax.Array], rng=No
                    deterministic: bool = True) -> jax.Array:
     """float32 logits [B, L, vocab] of each row's next tokens: at decoder position t (BART,
     XLM) or input position t (GPT, GPT-2), the prediction of batch['targets'][:, t]."""
-    apply = functools.partial(model.apply, {"params": params}, deterministic=deterministic,
-                              rngs=None if deterministic else {"dropout": rng})
-    if arch in ("gpt", "gpt2"):
-        outputs = apply(batch["inputs"], batch["attention_ids"], batch["positions"])
-    elif arch == "bart":
-        outputs = apply(batch["inputs"], batch["decoder_inputs"],
-                        input_ids_mask=batch["input_mask"], decoder_mask=batch["target_mask"])
-    elif arch == "xlm":
-        outputs = apply(batch["inputs"], batch["decoder_inputs"],
-                        input_ids_mask=batch["input_mask"], decoder_mask=batch["target_mask"],
-                        langs=batch["langs"], decoder_langs=batch["decoder_langs"])
-    else:
-        raise ValueError(f"config.model.arch={arch!r} has no seq2seq rows; use one of bart, "
-                         "xlm, gpt, gpt2.")
-    return outputs["logits"] if isinstance(outputs, dict) else outputs
+    return model_outputs(arch, model, params, batch, rng, deterministic)["logits"]
 
 
 def seq2seq_loss_fn(model, params, batch: dict[str, jax.Array], rng, deterministic: bool, *,
@@ -120,9 +112,6 @@ def seq2seq_score_fn(config: ml_collections.ConfigDict, tokenizer, split: str,
                      ) -> dict[str, float]:
     """`metrics` (ROUGE, BLEU) of the decoded predictions against the reference text of each
     example (`references` of `task_source(config, split)[example_index]`)."""
-    from textgen_jax.finetune.metrics import compute_metrics
-    from textgen_jax.finetune.pipelines import references, task_source
-
     source = task_source(config, split)
     predictions = [detokenize(tokenizer, ids) for ids in outputs["predictions"]]
     targets = [references(config, source[int(index)]) for index in outputs["example_index"]]
@@ -146,11 +135,8 @@ def generation_options(config: ml_collections.ConfigDict) -> GenerationOptions:
     return options
 
 
-def seq2seq_objective(config: ml_collections.ConfigDict, task):
+def seq2seq_objective(config: ml_collections.ConfigDict, task: Task) -> Objective:
     """The Objective of seq2seq task `task` on config.model.arch (see the module docstring)."""
-    from textgen_jax.finetune.pipelines import finetune_dataset
-    from textgen_jax.objectives import FINETUNE_PIECES, Objective
-
     arch = config.model.arch
     if not 0.0 <= config.task.label_smoothing < 1.0:
         raise ConfigError(f"config.task.label_smoothing={config.task.label_smoothing} must lie "

@@ -12,7 +12,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
+from textgen_jax.data.tokenizer import Tokenizer
+from textgen_jax.finetune.forward import model_outputs
+from textgen_jax.finetune.metrics import compute_metrics
+from textgen_jax.finetune.pipelines import FINETUNE_PIECES, finetune_dataset
+from textgen_jax.finetune.tasks import Task
+from textgen_jax.objectives import Objective
 from textgen_jax.objectives.clm import causal_lm_loss, cross_entropy_sums
 
 SEQUENCE_KINDS = ("classification", "regression", "similarity", "multiple_choice")
@@ -28,26 +36,6 @@ def _flatten_rows(batch: dict[str, jax.Array]) -> tuple[dict[str, jax.Array], in
             value.shape[:2] == batch["inputs"].shape[:2] else value
             for key, value in batch.items()}
     return rows, choices
-
-
-def model_outputs(arch: str, model, params, rows: dict[str, jax.Array], rng,
-                  deterministic: bool) -> dict[str, jax.Array]:
-    """The model's outputs on fine-tuning rows, called with each architecture's inputs."""
-    apply = functools.partial(model.apply, {"params": params}, deterministic=deterministic,
-                              rngs=None if deterministic else {"dropout": rng})
-    if arch == "bert":
-        return apply(rows["inputs"], rows["token_types"], rows["positions"],
-                     rows["attention_ids"])
-    if arch == "xlm":
-        return apply(rows["inputs"], rows["langs"], rows["positions"], rows["attention_ids"])
-    if arch in ("gpt", "gpt2"):
-        return apply(rows["inputs"], rows["attention_ids"], rows["positions"],
-                     extract_positions=rows["extract_positions"])
-    if arch == "bart":
-        return apply(rows["inputs"], rows["decoder_inputs"], input_ids_mask=rows["input_mask"],
-                     decoder_mask=rows["decoder_mask"],
-                     extract_positions=rows["extract_positions"])
-    raise ValueError(f"config.model.arch={arch!r} has no fine-tuning inputs.")
 
 
 def sequence_logits(arch: str, kind: str, model, params, batch: dict[str, jax.Array],
@@ -96,3 +84,24 @@ def sequence_task_predict_fn(model, params, batch: dict[str, jax.Array], *, arch
     logits, _ = sequence_logits(arch, kind, model, params, batch)
     predictions = logits[:, 0] if regression else jnp.argmax(logits, axis=-1)
     return {"predictions": predictions, "labels": batch["labels"]}
+
+
+def labels_score(config: ml_collections.ConfigDict, tokenizer: Tokenizer, split: str,
+                 outputs: dict[str, np.ndarray], *, metrics: tuple[str, ...]
+                 ) -> dict[str, float]:
+    """`metrics` of outputs['predictions'] against outputs['labels'] [N] (the rows hold both)."""
+    del config, tokenizer, split
+    return compute_metrics(metrics, outputs["predictions"], outputs["labels"])
+
+
+def sequence_task_objective(config: ml_collections.ConfigDict, task: Task) -> Objective:
+    """The Objective of sequence-level task `task` (SEQUENCE_KINDS) on config.model.arch."""
+    arch = config.model.arch
+    loss_fn = functools.partial(sequence_task_loss_fn, arch=arch, kind=task.kind,
+                                regression=task.is_regression, lm_weight=config.task.lm_weight)
+    predict_fn = functools.partial(sequence_task_predict_fn, arch=arch, kind=task.kind,
+                                   regression=task.is_regression)
+    return Objective(f"finetune:{task.name}", loss_fn, finetune_dataset,
+                     pieces=FINETUNE_PIECES.get(arch, ()), predict_fn=predict_fn,
+                     metrics=task.metrics,
+                     score_fn=functools.partial(labels_score, metrics=task.metrics))
