@@ -1,16 +1,19 @@
-"""The real CLI in fresh processes: sampling, SIGTERM, and clear errors on bad input."""
+"""The real CLI in fresh processes: help, sampling, evaluation, SIGTERM, and clear errors on bad
+input."""
 
 from __future__ import annotations
 
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import jax.numpy as jnp
 import pytest
 
 import textgen_jax
+from textgen_jax import cli
 from conftest import (REPO, cli_command, cli_env, read_metrics, train_flags,
                       train_tiny_workdir)
 
@@ -120,3 +123,94 @@ def test_workdir_of_another_size_is_refused_and_kept(trained, tiny_run):
     _fails_clearly(run, "config.model.d_model", "64", "32")
     assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == before
     assert (trained / "config.json").read_text() == config_before
+
+
+def _cli_run(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "textgen_jax.cli", *arguments], env=cli_env(),
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def _main_exit(monkeypatch, capsys, *arguments: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of cli.main() in this process; only for arguments that exit
+    before the flags are parsed (absl's parsed flags are process-wide state)."""
+    monkeypatch.setattr("sys.argv", ["textgen-jax", *arguments])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def test_help_lists_every_command_with_its_line():
+    run = _cli_run("--help")  # a fresh process: absl's own --help (exit 1) must not answer
+    assert run.returncode == 0, run.stderr[-3000:]
+    for command, summary in cli.COMMANDS.items():
+        assert re.search(rf"^  {re.escape(command)} +{re.escape(summary)}$", run.stdout,
+                         re.MULTILINE), run.stdout
+
+
+@pytest.mark.parametrize("arguments", [("-h",), ("help",)])
+def test_short_help_and_help_command_print_the_same(monkeypatch, capsys, arguments):
+    code, out, _ = _main_exit(monkeypatch, capsys, *arguments)
+    assert code == 0
+    assert out == cli.general_help() + "\n"
+
+
+def test_import_hf_help_lists_its_own_options_only():
+    run = _cli_run("import-hf", "--help")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("usage: textgen-jax import-hf SRC_DIR --workdir=DIR")
+    assert "\n  --allow_pickle (default: False)\n" in run.stdout
+    assert "\n  --tokenizer (default: '')\n" in run.stdout
+    assert "--num_beams" not in run.stdout and "--prompt" not in run.stdout
+
+
+def test_command_help_shows_defaults_per_command(monkeypatch, capsys):
+    code, out, _ = _main_exit(monkeypatch, capsys, "generate", "--help")
+    assert code == 0
+    assert "\n  --max_new_tokens (default: 48)\n      Tokens to generate" in out
+    assert "\n  --top_k (default: 40)\n" in out
+    code, out, _ = _main_exit(monkeypatch, capsys, "help", "fill-mask")
+    assert code == 0
+    assert "\n  --top_k (default: 5)\n" in out and "\n  --text (required)\n" in out
+    code, out, _ = _main_exit(monkeypatch, capsys, "train", "-h")
+    assert code == 0
+    assert "--config.KEY=VALUE" in out and "--workdir" in out and "--num_beams" not in out
+
+
+def test_every_flag_is_tagged_and_listed_by_exactly_its_commands(monkeypatch, capsys):
+    defined = {flag.name for flag in cli.FLAGS.get_flags_for_module(cli)}
+    defined.add("config")  # config_flags registers it under its own module
+    assert defined == set(cli.FLAG_COMMANDS)
+    for command in cli.COMMANDS:
+        _, out, _ = _main_exit(monkeypatch, capsys, command, "--help")
+        listed = set(re.findall(r"^  --(\w+) \(", out, re.MULTILINE))
+        assert listed == {name for name, commands in cli.FLAG_COMMANDS.items()
+                          if command in commands}, command
+
+
+@pytest.mark.parametrize("arguments", [("trian", "--workdir=w"), ("help", "trian"),
+                                       ("trian", "--help")])
+def test_an_unknown_command_is_named_with_the_commands(monkeypatch, capsys, arguments):
+    code, out, err = _main_exit(monkeypatch, capsys, *arguments)
+    assert code == 2 and not out
+    assert "unknown command 'trian'" in err and ", ".join(cli.COMMANDS) in err
+
+
+def test_a_flag_of_another_command_or_a_missing_one_is_a_usage_error(tmp_path):
+    workdir = tmp_path / "w"
+    run = _cli_run("import-hf", str(tmp_path), f"--workdir={workdir}", "--num_beams=2")
+    assert run.returncode == 2
+    assert "--num_beams does not apply to import-hf" in run.stderr
+    assert not workdir.exists()
+    run = _cli_run("generate", f"--workdir={workdir}", "--max_new_tokens=3")
+    assert run.returncode == 2
+    assert "generate needs --prompt" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_evaluate_matches_the_training_loops_eval_and_keeps_the_config(trained):
+    loaded = textgen_jax.load(str(trained))
+    mesh_before = loaded.config.mesh.to_dict()
+    result = textgen_jax.evaluate(loaded)
+    assert result["loss"] == pytest.approx(read_metrics(trained, "eval")[30]["loss"], rel=1e-4)
+    assert result["perplexity"] == pytest.approx(float(jnp.exp(result["loss"])), rel=1e-5)
+    assert loaded.config.mesh.to_dict() == mesh_before

@@ -11,7 +11,8 @@ import ml_collections
 
 from textgen_jax import config as config_lib
 from textgen_jax import data as data_lib
-from textgen_jax import decoding, models, objectives
+from textgen_jax import decoding, models
+from textgen_jax.finetune.objectives import objective_for
 from textgen_jax.finetune.pipelines import task_languages
 from textgen_jax.finetune.tasks import get_task
 from textgen_jax.training import checkpoint, loop, partitioning, steps
@@ -123,6 +124,6 @@ def evaluate(model_or_workdir: str | os.PathLike | Loaded) -> dict[str, float]:
     config.mesh.update(partitioning.DATA_PARALLEL_MESH)
     mesh = partitioning.data_parallel_mesh()
     eval_step = jax.jit(steps.make_eval_step(loaded.model,
-                                             objectives.objective_for(config).loss_fn))
+                                             objective_for(config).loss_fn))
     with steps.activate(mesh):
         return loop.evaluate(eval_step, loaded.params, config, loaded.tokenizer, mesh)
