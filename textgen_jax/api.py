@@ -54,15 +54,6 @@ def _loaded(model_or_workdir: str | os.PathLike | Loaded) -> Loaded:
     return model_or_workdir
 
 
-def _language_id(config: ml_collections.ConfigDict, language: str) -> int:
-    """An XLM model's index of `language` ('' = its first language)."""
-    languages = tuple(config.data.get("languages", ())) or ("",)
-    if language and language not in languages:
-        raise ValueError(f"language={language!r} is not one of the model's languages "
-                         f"{languages} (config.data.languages).")
-    return languages.index(language) if language else 0
-
-
 def generate(model_or_workdir: str | os.PathLike | Loaded, prompts: str | Sequence[str],
              max_new_tokens: int = 32, temperature: float = 0.8, top_k: int = 40,
              seed: int = 0, *, top_p: float = 1.0, min_new_tokens: int = 0,
@@ -91,19 +82,21 @@ def generate(model_or_workdir: str | os.PathLike | Loaded, prompts: str | Sequen
         top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams,
         length_penalty=length_penalty, early_stopping=early_stopping, seed=seed)
-    if not getattr(loaded.model, "can_generate", True):
+    spec = models.spec_for(loaded.config.model)
+    if not spec.can_generate:
         raise ValueError(f"config.model.arch={loaded.config.model.arch!r} (causal="
                          f"{loaded.config.model.get('causal', False)}) is an encoder with no "
                          "next-token head, so it cannot generate; use fill-mask with it, or a "
                          "gpt, gpt2, causal xlm or bart checkpoint to generate.")
     language_id = target_language_id = 0
-    if models.is_encoder_decoder_xlm(loaded.config.model):  # into its task's output language
+    if spec.uses_languages and spec.kind == models.ENCODER_DECODER:
+        # XLM's translation model writes into its task's output language.
         _, language_id, target_language_id = task_languages(
             loaded.config, get_task(loaded.config.task.name), language)
-    elif loaded.config.model.arch == "xlm":
-        language_id = _language_id(loaded.config, language)
-    return decoding.generate_text(loaded.model, loaded.params, loaded.tokenizer, list(prompts),
-                                  options, language_id=language_id,
+    elif spec.uses_languages:
+        language_id = decoding.language_id(loaded.config, language)
+    return decoding.generate_text(spec, loaded.model, loaded.params, loaded.tokenizer,
+                                  list(prompts), options, language_id=language_id,
                                   target_language_id=target_language_id, stream=stream)
 
 

@@ -4,30 +4,35 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from textgen_jax import models
+
+
+def language_id(config: ml_collections.ConfigDict, language: str) -> int:
+    """An XLM model's index of `language` ('' = its first language)."""
+    languages = tuple(config.data.get("languages", ())) or ("",)
+    if language and language not in languages:
+        raise ValueError(f"language={language!r} is not one of the model's languages "
+                         f"{languages} (config.data.languages).")
+    return languages.index(language) if language else 0
 
 
 def _mlm_logits(loaded, ids: list[int], language: str) -> jax.Array:
     """float32 [len(ids) + 2, vocab] logits of the text framed by one token on each side, as
-    the architecture was trained."""
-    tok, config = loaded.tokenizer, loaded.config
-    arch = config.model.arch
-    if arch == "bert":  # [CLS] text [SEP], segment A (§3.1)
-        inputs = jnp.asarray([[tok.cls_id, *ids, tok.sep_id]], jnp.int32)
-        out = loaded.model.apply({"params": loaded.params}, inputs, jnp.zeros_like(inputs))
-        return out["mlm_logits"][0]
-    if arch == "xlm" and not config.model.causal:  # </s> text </s>, tagged with its language
-        languages = tuple(config.data.languages) or ("",)
-        if language and language not in languages:
-            raise ValueError(f"language={language!r} is not one of the model's languages "
-                             f"{languages} (config.data.languages).")
-        language_id = languages.index(language) if language else 0
-        inputs = jnp.asarray([[tok.eos_id, *ids, tok.eos_id]], jnp.int32)
-        logits = loaded.model.apply({"params": loaded.params}, inputs,
-                                    jnp.full_like(inputs, language_id))
-        return logits[0]
-    raise ValueError(f"config.model.arch={arch!r} (causal={config.model.causal}) has no "
-                     "masked-LM head; fill-mask needs a bert or a non-causal xlm model.")
+    the architecture was trained (`ArchitectureSpec.masked_text_ids`)."""
+    config = loaded.config
+    spec = models.spec_for(config.model)
+    if not spec.has_masked_lm:
+        raise ValueError(f"config.model.arch={config.model.arch!r} (causal="
+                         f"{config.model.causal}) has no masked-LM head; fill-mask needs a bert "
+                         "or a non-causal xlm model.")
+    inputs = jnp.asarray([spec.masked_text_ids(loaded.tokenizer, ids)], jnp.int32)
+    batch = {"inputs": inputs}  # BERT's token types default to segment A (§3.1)
+    if spec.uses_languages:
+        batch["langs"] = jnp.full_like(inputs, language_id(config, language))
+    return loaded.model.apply({"params": loaded.params}, batch)["logits"][0]
 
 
 def fill_mask(loaded, text: str, top_k: int = 5,

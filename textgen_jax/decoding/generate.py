@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -22,10 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from textgen_jax import ops
-from textgen_jax.models.bart import Bart
 from textgen_jax.models.layers import DECODE_KERNELS, transposed_kernels, unscanned
-from textgen_jax.models.xlm import Xlm
-from textgen_jax.models.xlm_seq2seq import XlmEncoderDecoder
+from textgen_jax.models.spec import ENCODER_DECODER, can_generate
 
 NEG_INF = -jnp.inf
 # Prompt widths round up to a multiple of this, so prompts of nearby lengths share one compile
@@ -110,26 +109,49 @@ def _empty_cache(init: Callable[[], Any]) -> Any:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def _language_ids(model: nn.Module, key: str, batch: Mapping[str, jax.Array],
+                  tokens: jax.Array) -> dict[str, jax.Array]:
+    """{key: batch['language'] of each row, per token of tokens [batch, length]} for a model
+    that reads language ids (XLM); {} otherwise."""
+    if not model.uses_languages:
+        return {}
+    return {key: jnp.broadcast_to(batch["language"][:, None], tokens.shape)}
+
+
 @dataclasses.dataclass(frozen=True)
 class _CausalLM:
     """GPT, GPT-2 and causal XLM. Batch: 'prompt' [batch, width] left-padded, 'lengths' [batch]
-    (and 'language' [batch] for XLM). Row r's token at slot s has position s - padding_r.
+    and 'language' [batch] (read by models with language ids). Row r's token at slot s has
+    position s - padding_r.
 
     The decoding state passed between calls holds the model's 'cache' collection (and
     DECODE_KERNELS when `with_transposed_kernels` added them)."""
 
     model: nn.Module
 
-    def _apply(self, params, state, tokens, segments, positions, language):
-        variables = {"params": params, **state}
-        if isinstance(self.model, Xlm):
-            logits, updated = self.model.apply(
-                variables, tokens, langs=jnp.broadcast_to(language[:, None], tokens.shape),
-                positions=positions, attention_ids=segments, decode=True, mutable=["cache"])
-        else:
-            logits, updated = self.model.apply(variables, tokens, segments, positions,
-                                               decode=True, mutable=["cache"])
-        return logits[:, -1].astype(jnp.float32), {**state, **updated}
+    def batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, pad_id: int,
+              language_id: int, target_language_id: int) -> tuple[dict[str, np.ndarray], int]:
+        """(the batch of `prompts`, how many new tokens fit after the longest)."""
+        del target_language_id  # the continuation is in the prompt's language
+        max_len, longest = self.model.cfg.max_len, max(len(ids) for ids in prompts)
+        if longest >= max_len:
+            raise ValueError(f"a prompt of {longest} tokens leaves no room in the model's "
+                             f"context of {max_len} (config.model.max_len); shorten the prompt "
+                             f"to at most {max_len - 1} tokens.")
+        width = _round_up(longest, PROMPT_WIDTH_MULTIPLE)
+        prompt = np.full((len(prompts), width), pad_id, np.int32)
+        for row, ids in enumerate(prompts):
+            prompt[row, width - len(ids):] = ids
+        return {"prompt": prompt, "lengths": np.array([len(ids) for ids in prompts], np.int32),
+                "language": np.full((len(prompts),), language_id, np.int32)
+                }, min(max_new_tokens, max_len - longest)
+
+    def _apply(self, params, state, batch, tokens, segments, positions):
+        inputs = {"inputs": tokens, "segment_ids": segments, "positions": positions,
+                  **_language_ids(self.model, "langs", batch, tokens)}
+        outputs, updated = self.model.apply({"params": params, **state}, inputs, decode=True,
+                                            mutable=["cache"])
+        return outputs["logits"][:, -1].astype(jnp.float32), {**state, **updated}
 
     def history(self, batch):
         prompt = batch["prompt"]
@@ -139,36 +161,46 @@ class _CausalLM:
         prompt, first = self.history(batch)
         rows, width = prompt.shape
         cache = _empty_cache(lambda: self.model.init(
-            jax.random.key(0), jnp.ones((rows, cache_len), jnp.int32), decode=True))
+            jax.random.key(0), {"inputs": jnp.ones((rows, cache_len), jnp.int32)}, decode=True))
         slots = jnp.arange(width)[None]
         segments = (slots >= first[:, None]).astype(jnp.int32)
         positions = jnp.maximum(slots - first[:, None], 0)
-        return self._apply(params, {"cache": cache}, prompt, segments, positions,
-                           batch.get("language"))
+        return self._apply(params, {"cache": cache}, batch, prompt, segments, positions)
 
     def step(self, params, state, batch, tokens, i):
         position = (batch["lengths"] + i)[:, None]
-        return self._apply(params, state, tokens[:, None], jnp.ones_like(position), position,
-                           batch.get("language"))
+        return self._apply(params, state, batch, tokens[:, None], jnp.ones_like(position),
+                           position)
 
 
 @dataclasses.dataclass(frozen=True)
 class _EncoderDecoder:
     """BART and XLM's translation model. Batch: 'source' [batch, source_len] right-padded,
-    'source_mask' [batch, source_len] (and for XLM 'language', 'target_language' [batch]: the
-    source's and the output's language ids); the decoder starts from `decoder_start_id` and
-    the encoder runs once."""
+    'source_segments' [batch, source_len] (1 real, 0 padding), 'language' and
+    'target_language' [batch] (the source's and the output's language ids, read by models with
+    language ids); the decoder starts from `decoder_start_id` and the encoder runs once."""
 
-    model: Bart | XlmEncoderDecoder
+    model: nn.Module
     decoder_start_id: int
 
-    @staticmethod
-    def _languages(batch, tokens, key: str, argument: str) -> dict[str, jax.Array]:
-        """XLM's keyword argument `argument`: batch[key]'s language of each row of tokens
-        [batch, length], per token; none for BART."""
-        if key not in batch:
-            return {}
-        return {argument: jnp.broadcast_to(batch[key][:, None], tokens.shape)}
+    def batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, pad_id: int,
+              language_id: int, target_language_id: int) -> tuple[dict[str, np.ndarray], int]:
+        """(the batch of `prompts` as sources, how many new tokens the decoder has room for)."""
+        max_len, longest = self.model.cfg.max_len, max(len(ids) for ids in prompts)
+        if longest > max_len:
+            raise ValueError(f"a source of {longest} tokens is longer than the model's context "
+                             f"of {max_len} (config.model.max_len); shorten the prompt.")
+        width = min(_round_up(longest, PROMPT_WIDTH_MULTIPLE), max_len)
+        rows = len(prompts)
+        source = np.full((rows, width), pad_id, np.int32)
+        for row, ids in enumerate(prompts):
+            source[row, :len(ids)] = ids
+        lengths = np.array([len(ids) for ids in prompts])
+        return {"source": source,
+                "source_segments": (np.arange(width)[None] < lengths[:, None]).astype(np.int32),
+                "language": np.full((rows,), language_id, np.int32),
+                "target_language": np.full((rows,), target_language_id, np.int32),
+                }, min(max_new_tokens, max_len - 1)
 
     def history(self, batch):
         rows = batch["source"].shape[0]
@@ -176,13 +208,13 @@ class _EncoderDecoder:
                 jnp.zeros((rows,), jnp.int32))
 
     def start(self, params, batch, cache_len):
-        source, mask = batch["source"], batch["source_mask"]
-        rows = source.shape[0]
-        encoded = self.model.apply({"params": params}, source, mask, method="encode",
-                                   **self._languages(batch, source, "language", "langs"))
+        source = {"inputs": batch["source"], "segment_ids": batch["source_segments"],
+                  **_language_ids(self.model, "langs", batch, batch["source"])}
+        encoded = self.model.apply({"params": params}, source, method="encode")
+        rows = batch["source"].shape[0]
         cache = _empty_cache(lambda: self.model.init(
-            jax.random.key(0), source, jnp.ones((rows, cache_len), jnp.int32), mask,
-            decode=True))
+            jax.random.key(0),
+            {**source, "decoder_inputs": jnp.ones((rows, cache_len), jnp.int32)}, decode=True))
         return self._decode(params, {"cache": cache}, batch, self.history(batch)[0], encoded)
 
     def step(self, params, state, batch, tokens, i):
@@ -190,21 +222,22 @@ class _EncoderDecoder:
         return self._decode(params, state, batch, tokens[:, None], None)
 
     def _decode(self, params, state, batch, tokens, encoded):
-        logits, updated = self.model.apply(
-            {"params": params, **state}, tokens, encoded, batch["source_mask"],
-            decode=True, method="decode", mutable=["cache"],
-            **self._languages(batch, tokens, "target_language", "decoder_langs"))
-        return logits[:, -1].astype(jnp.float32), {**state, **updated}
+        target_language = {"language": batch["target_language"]}
+        inputs = {"decoder_inputs": tokens, "segment_ids": batch["source_segments"],
+                  **_language_ids(self.model, "decoder_langs", target_language, tokens)}
+        outputs, updated = self.model.apply({"params": params, **state}, inputs, encoded,
+                                            decode=True, method="decode", mutable=["cache"])
+        return outputs["logits"][:, -1].astype(jnp.float32), {**state, **updated}
 
 
 def generator_for(model: nn.Module, decoder_start_id: int = 0):
     """The generation interface of a model; ValueError for a model that cannot generate."""
-    if not getattr(model, "can_generate", True):
+    if not can_generate(model):
         raise ValueError(
             f"{type(model).__name__} (causal={getattr(model, 'causal', False)}) is an encoder "
             "with no next-token head, so it cannot generate; use fill-mask with it, or a gpt, "
             "gpt2, causal xlm (--config.model.causal=True) or bart checkpoint to generate.")
-    if isinstance(model, (Bart, XlmEncoderDecoder)):
+    if model.kind == ENCODER_DECODER:
         return _EncoderDecoder(model, decoder_start_id)
     return _CausalLM(model)
 
@@ -461,36 +494,10 @@ def generate_ids(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]]
         if len(ids) == 0:
             raise ValueError(f"prompt {index} is empty; give each prompt at least one token "
                              "of text.")
-    max_len = model.cfg.max_len
-    longest = max(len(ids) for ids in prompts)
     rows = len(prompts)
-    if isinstance(generator, _EncoderDecoder):
-        if longest > max_len:
-            raise ValueError(f"a source of {longest} tokens is longer than the model's context "
-                             f"of {max_len} (config.model.max_len); shorten the prompt.")
-        width = min(_round_up(longest, PROMPT_WIDTH_MULTIPLE), max_len)
-        source = np.full((rows, width), pad_id, np.int32)
-        for row, ids in enumerate(prompts):
-            source[row, :len(ids)] = ids
-        batch = {"source": source, "source_mask": (np.arange(width)[None] < np.array(
-            [len(ids) for ids in prompts])[:, None]).astype(np.int32)}
-        if isinstance(model, XlmEncoderDecoder):
-            batch["language"] = np.full((rows,), language_id, np.int32)
-            batch["target_language"] = np.full((rows,), target_language_id, np.int32)
-        num_new = min(options.max_new_tokens, max_len - 1)
-    else:
-        if longest >= max_len:
-            raise ValueError(f"a prompt of {longest} tokens leaves no room in the model's "
-                             f"context of {max_len} (config.model.max_len); shorten the prompt "
-                             f"to at most {max_len - 1} tokens.")
-        width = _round_up(longest, PROMPT_WIDTH_MULTIPLE)
-        prompt = np.full((rows, width), pad_id, np.int32)
-        for row, ids in enumerate(prompts):
-            prompt[row, width - len(ids):] = ids
-        batch = {"prompt": prompt, "lengths": np.array([len(ids) for ids in prompts], np.int32)}
-        if isinstance(model, Xlm):
-            batch["language"] = np.full((rows,), language_id, np.int32)
-        num_new = min(options.max_new_tokens, max_len - longest)
+    batch, num_new = generator.batch(prompts, options.max_new_tokens, pad_id=pad_id,
+                                     language_id=language_id,
+                                     target_language_id=target_language_id)
     plan = _Plan(num_new=num_new, greedy=options.temperature == 0, top_k=options.top_k,
                  use_top_p=options.top_p < 1, repetition_penalty=float(options.repetition_penalty),
                  no_repeat_ngram_size=options.no_repeat_ngram_size,

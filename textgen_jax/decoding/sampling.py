@@ -8,47 +8,32 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 
 from textgen_jax.decoding.generate import GenerationOptions, generate_ids
-from textgen_jax.models.bart import Bart
-from textgen_jax.models.xlm import Xlm
-from textgen_jax.models.xlm_seq2seq import XlmEncoderDecoder
-
-# Models that read the prompt as a source text and write a new text (not a continuation).
-ENCODER_DECODERS = (Bart, XlmEncoderDecoder)
+from textgen_jax.models.spec import ENCODER_DECODER, ArchitectureSpec
 
 
-def prompt_ids(model: nn.Module, tokenizer, text: str) -> list[int]:
-    """The token ids a prompt is fed as: an encoder-decoder's source is [bos] text [eos] (its
-    training inputs), XLM's causal streams open each sentence with </s>, GPT and GPT-2
-    documents with [bos]."""
-    ids = tokenizer.encode(text)
-    if isinstance(model, ENCODER_DECODERS):
-        return [tokenizer.bos_id, *ids, tokenizer.eos_id]
-    if isinstance(model, Xlm):
-        return [tokenizer.eos_id, *ids]
-    return [tokenizer.bos_id, *ids]
-
-
-def generate_text(model: nn.Module, params: Any, tokenizer, prompts: Sequence[str],
+def generate_text(spec: ArchitectureSpec, model: nn.Module, params: Any, tokenizer,
+                  prompts: Sequence[str],
                   options: GenerationOptions, language_id: int = 0,
                   target_language_id: int = 0,
                   stream: Callable[[str], None] | None = None) -> list[str]:
     """Each prompt continued (decoder-only: prompt + continuation; an encoder-decoder: its
-    output text). XLM's language ids: the prompt's, and the output's (translation model).
+    output text), framed as `spec`'s architecture was trained (`spec.prompt_ids`). XLM's
+    language ids: the prompt's, and the output's (translation model).
 
     `stream`, for a single prompt, is called with each new piece of text as it is decoded.
     """
     for index, text in enumerate(prompts):
         if not tokenizer.encode(text):
             raise ValueError(f"prompt {index} ({text!r}) is empty; give each prompt some text.")
-    encoded = [prompt_ids(model, tokenizer, text) for text in prompts]
+    encoded = [spec.prompt_ids(tokenizer, tokenizer.encode(text)) for text in prompts]
+    writes_new_text = spec.kind == ENCODER_DECODER  # not a continuation of the prompt
     on_tokens = None
     if stream is not None and len(prompts) == 1:
-        on_tokens = _TextStream(
-            tokenizer, [] if isinstance(model, ENCODER_DECODERS) else encoded[0][1:], stream)
+        on_tokens = _TextStream(tokenizer, [] if writes_new_text else encoded[0][1:], stream)
     new = generate_ids(model, params, encoded, options, eos_id=tokenizer.eos_id,
                        pad_id=tokenizer.pad_id, language_id=language_id,
                        target_language_id=target_language_id, stream=on_tokens)
-    if isinstance(model, ENCODER_DECODERS):  # the output opens with its targets' bos
+    if writes_new_text:  # the output opens with its targets' bos
         texts = [tokenizer.decode([t for t in ids if t != tokenizer.bos_id]) for ids in new]
     else:
         texts = [tokenizer.decode(ids[1:] + continuation)
@@ -87,7 +72,7 @@ class _TextStream:
         self._show(text)
 
 
-def sample(model: nn.Module, params: Any, tokenizer, prompts: list[str],
+def sample(spec: ArchitectureSpec, model: nn.Module, params: Any, tokenizer, prompts: list[str],
            max_new_tokens: int = 32, temperature: float = 0.8, top_k: int = 40,
            seed: int = 0) -> list[str]:
     """Continues each prompt; temperature 0 is greedy. Returns prompt + continuation."""
@@ -95,4 +80,4 @@ def sample(model: nn.Module, params: Any, tokenizer, prompts: list[str],
         raise ValueError("no prompts given; pass at least one --prompt.")
     options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_k=top_k, seed=seed)
-    return generate_text(model, params, tokenizer, prompts, options)
+    return generate_text(spec, model, params, tokenizer, prompts, options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -121,6 +122,8 @@ class Bart(nn.Module):
     # > 0: a classifier on the decoder's state at each row's final eos
     # (BartForSequenceClassification).
     num_labels: int = 0
+    kind: ClassVar[str] = ENCODER_DECODER
+    uses_languages: ClassVar[bool] = False
 
     def setup(self):
         cfg = self.cfg

@@ -10,6 +10,7 @@ implementation does. Names map onto Hugging Face's BertForPreTraining (tests/mod
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -53,8 +54,9 @@ class Bert(nn.Module):
     # A per-token head instead (heads.TOKEN_HEADS): 'token_classification' (num_labels tags,
     # BertForTokenClassification) or 'question_answering' (BertForQuestionAnswering).
     head: str = ""
-    # Not a generator: the loop's end-of-training samples and `generate` skip/refuse it.
-    can_generate = False
+    # An encoder (models/spec.py): no next-token head, so `generate` refuses it.
+    kind: ClassVar[str] = ENCODER
+    uses_languages: ClassVar[bool] = False
 
     def example_batch(self, seq_len: int) -> dict[str, jax.Array]:
         """A minimal batch, for `init` (shapes only matter)."""
@@ -119,7 +121,7 @@ class BertSpec(ArchitectureSpec):
     [SEP]` (§3.1)."""
 
     name = "bert"
-    kind = ENCODER
+    kind = Bert.kind
     batch_keys = ("inputs", "segment_ids", "positions", "token_types")
 
     def build(self, vocab_size: int) -> Bert:

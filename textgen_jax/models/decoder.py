@@ -29,6 +29,8 @@ class DecoderLM(nn.Module):
     scale_residual_init: bool = True
     # > 0: a sequence classifier on the state of each row's extract token (GPT §3.3).
     num_labels: int = 0
+    kind: ClassVar[str] = DECODER
+    uses_languages: ClassVar[bool] = False
 
     def example_batch(self, seq_len: int) -> dict[str, jax.Array]:
         """A minimal batch, for `init` (shapes only matter)."""

@@ -39,6 +39,12 @@ MODEL_KEYS = ("inputs", "segment_ids", "positions", "token_types", "langs", "dec
               "decoder_segment_ids", "decoder_langs", "extract_positions")
 
 
+def can_generate(spec_or_model: Any) -> bool:
+    """Whether a spec's model (or a built model: every model has `kind` and `uses_languages`)
+    has a next-token head to decode with: decoders and encoder-decoders."""
+    return spec_or_model.kind != ENCODER
+
+
 class ArchitectureSpec:
     """One architecture as the rest of the stack sees it; subclasses live beside their model."""
 
@@ -59,7 +65,7 @@ class ArchitectureSpec:
     @property
     def can_generate(self) -> bool:
         """A next-token head to decode with: decoders and encoder-decoders."""
-        return self.kind != ENCODER
+        return can_generate(self)
 
     @property
     def has_masked_lm(self) -> bool:

@@ -11,6 +11,7 @@ with its own bias per vocabulary entry. Names map onto Hugging Face's XLMWithLMH
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 from textgen_jax.models.heads import classifier, token_head_outputs
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
                                        attention_mask, cached_attention_mask, layer_stack)
+from textgen_jax.models.spec import DECODER, ENCODER
 from textgen_jax.ops import add_bias
 
 
@@ -84,10 +86,12 @@ class Xlm(nn.Module):
     # XLMForTokenClassification) or 'question_answering' (XLMForQuestionAnsweringSimple).
     head: str = ""
 
+    uses_languages: ClassVar[bool] = True
+
     @property
-    def can_generate(self) -> bool:
-        """Only the causal (CLM) mode has a next-token head to decode with."""
-        return self.causal
+    def kind(self) -> str:
+        """Only the causal (CLM) mode has a next-token head to decode with (models/spec.py)."""
+        return DECODER if self.causal else ENCODER
 
     def example_batch(self, seq_len: int) -> dict[str, jax.Array]:
         """A minimal batch, for `init` (shapes only matter; langs create the language

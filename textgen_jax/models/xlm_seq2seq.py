@@ -14,7 +14,7 @@ MLPs and norms take a pretrained XLM's parameters; the cross-attention starts ra
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -80,7 +80,8 @@ class XlmEncoderDecoder(nn.Module):
     sinusoidal_positions: bool = False
     num_decoder_layers: int | None = None
 
-    can_generate = True
+    kind: ClassVar[str] = ENCODER_DECODER
+    uses_languages: ClassVar[bool] = True
 
     def setup(self):
         stack = lambda layers, is_decoder: XlmStack(  # noqa: E731

@@ -135,7 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_iterator = iter(train_data)
 
     # ---- model, optimizer, sharded state -------------------------------------------------
-    model = models.build_model(config.model, config.model.vocab_size)
+    spec = models.spec_for(config.model)
+    model = spec.build(config.model.vocab_size)
     loss_fn = objective.loss_fn
     num_steps = config.train.num_steps
     schedule = optimizer.learning_rate_schedule(config.optim, num_steps)
@@ -146,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     param_bytes = metrics_lib.bytes_per_device(abstract_state.params)
     optimizer_bytes = metrics_lib.bytes_per_device(abstract_state.opt_state)
     activation_bytes = metrics_lib.activation_bytes_per_device(
-        config, dict(mesh.shape), models.spec_for(config.model).attention_layer_count())
+        config, dict(mesh.shape), spec.attention_layer_count())
     log(metrics_lib.memory_report(metrics_lib.count_params(abstract_state.params), param_bytes,
                                   optimizer_bytes, activation_bytes))
     metrics_lib.check_device_memory(2 * param_bytes + optimizer_bytes + activation_bytes)
@@ -186,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
     tokens_per_step = config.data.global_batch_size * config.data.seq_len
     flops_per_step = tokens_per_step * metrics_lib.flops_per_token(
-        models.spec_for(config.model).attention_layer_count(), config.model.d_model, config.data.seq_len,
+        spec.attention_layer_count(), config.model.d_model, config.data.seq_len,
         metrics_lib.count_params(state.params, exclude_embeddings=True))
     peak_flops = metrics_lib.peak_flops_per_device(config.model.dtype) * jax.device_count()
 
@@ -263,10 +264,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             best_mngr.close()
         writer.close()
 
-    # Encoders (BERT) set can_generate = False: they have no next-token head to sample from.
-    can_generate = getattr(model, "can_generate", True)
-    if step == num_steps and jax.process_index() == 0 and config.sample.prompts and can_generate:
-        samples = decoding.sample(model, state.params, tokenizer, list(config.sample.prompts),
+    if (step == num_steps and jax.process_index() == 0 and config.sample.prompts
+            and spec.can_generate):
+        samples = decoding.sample(spec, model, state.params, tokenizer,
+                                  list(config.sample.prompts),
                                   max_new_tokens=config.sample.max_new_tokens,
                                   temperature=config.sample.temperature,
                                   top_k=config.sample.top_k, seed=config.seed)
