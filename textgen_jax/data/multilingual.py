@@ -102,7 +102,7 @@ class _MaskStream(grain.transforms.RandomMap):
             "inputs": inputs,
             "langs": row["langs"],
             "positions": np.where(real, np.arange(len(real)), 0).astype(np.int32),
-            "attention_ids": real.astype(np.int32),
+            "segment_ids": real.astype(np.int32),
             "mlm_labels": np.where(real, mlm_labels, IGNORE_LABEL).astype(np.int32),
         }
 
@@ -144,7 +144,7 @@ def xlm_mlm_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, spl
     """Masked-LM batches over streams of seq_len tokens (XLM §3.2; no next-sentence task).
 
     Returns dicts of int32 [local_batch, seq_len]: 'inputs' (masked ids), 'langs', 'positions',
-    'attention_ids' (1 real, 0 padding), 'mlm_labels' (original id where predicted, -1
+    'segment_ids' (1 real, 0 padding), 'mlm_labels' (original id where predicted, -1
     elsewhere). The masks are drawn per row from a generator seeded by the config's seeds and
     the row's place in the stream.
     """
@@ -193,7 +193,7 @@ class _TranslationPair:
             "inputs": inputs,
             "langs": np.asarray(langs + [0] * padding, np.int32),
             "positions": np.asarray(positions + [0] * padding, np.int32),
-            "attention_ids": (np.arange(self._seq_len) < length).astype(np.int32),
+            "segment_ids": (np.arange(self._seq_len) < length).astype(np.int32),
             "mlm_labels": mlm_labels,
         }
 

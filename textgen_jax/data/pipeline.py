@@ -10,8 +10,8 @@ and yields numpy dicts whose arrays have a leading [local_batch] axis; L is conf
                            (restarting per piece), all [B, L]. Attention stays within a
                            segment; targets are `inputs` shifted within a segment.
   bert_pretraining_dataset masked LM + next-sentence pairs (BERT): 'inputs', 'token_types',
-                           'positions', 'attention_ids', 'mlm_labels' [B, L], 'nsp_labels' [B].
-  bart_denoising_dataset   BART's noised documents: 'inputs', 'input_mask', 'decoder_inputs',
+                           'positions', 'segment_ids', 'mlm_labels' [B, L], 'nsp_labels' [B].
+  bart_denoising_dataset   BART's noised documents: 'inputs', 'segment_ids', 'decoder_inputs',
                            'targets', 'target_mask' [B, L].
 XLM's language-tagged streams and TLM pairs build on `packed_lm_rows` in data/multilingual.py;
 fine-tuning rows are finetune/pipelines.py's. Rows are a function of the config's seeds and the
@@ -226,7 +226,7 @@ class _SentencePairs:
             "token_types": token_types,
             "positions": np.where(np.arange(self._seq_len) < length,
                                   np.arange(self._seq_len), 0).astype(np.int32),
-            "attention_ids": (np.arange(self._seq_len) < length).astype(np.int32),
+            "segment_ids": (np.arange(self._seq_len) < length).astype(np.int32),
             "mlm_labels": mlm_labels,
             "nsp_labels": np.int32(is_random_next),
         }
@@ -251,7 +251,7 @@ def bert_pretraining_dataset(
 
     Returns:
       An IterDataset of dicts, int32: 'inputs' (masked ids), 'token_types' (0 = [CLS] A [SEP],
-      1 = B [SEP]), 'positions', 'attention_ids' (1 real, 0 padding), 'mlm_labels' (original
+      1 = B [SEP]), 'positions', 'segment_ids' (1 real, 0 padding), 'mlm_labels' (original
       id where a token is predicted, -1 elsewhere), all [local_batch, seq_len]; 'nsp_labels'
       [local_batch] (0 = B follows A, 1 = B is random).
     """
@@ -316,7 +316,7 @@ class _DenoisingPair:
         positions = np.arange(self._seq_len)
         return {
             "inputs": self._pad(noised),
-            "input_mask": (positions < noised.size).astype(np.int32),
+            "segment_ids": (positions < noised.size).astype(np.int32),
             "decoder_inputs": np.concatenate([[tok.eos_id], targets[:-1]]).astype(np.int32),
             "targets": targets,
             "target_mask": (positions < target.size).astype(np.int32),
@@ -342,7 +342,7 @@ def bart_denoising_dataset(
 
     Returns:
       An IterDataset of dicts, int32 [local_batch, seq_len]: 'inputs' (the noised document),
-      'input_mask' (1 real, 0 padding), 'decoder_inputs' (eos + targets[:-1]), 'targets'
+      'segment_ids' (1 real, 0 padding), 'decoder_inputs' (eos + targets[:-1]), 'targets'
       ([bos] + document + [eos], padded) and 'target_mask' (1 real target token, 0 padding).
     """
     batch_size = local_batch_size(config.data, process_count)

@@ -3,7 +3,8 @@ multiple choice, on every architecture, over the rows of `finetune/pipelines.py`
 
 The sums are over examples ('tokens' counts examples), so the loop's division gives the mean
 loss and accuracy per example. GPT and GPT-2 add the auxiliary LM loss of GPT §3.3
-(L3 = L2 + lambda * L1, lambda = config.task.lm_weight) over the tokens of their rows.
+(L3 = L2 + lambda * L1, lambda = config.task.lm_weight) over the tokens of their rows (any
+decoder's: `spec.kind == DECODER`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from textgen_jax.finetune.forward import model_outputs
 from textgen_jax.finetune.metrics import compute_metrics
 from textgen_jax.finetune.pipelines import FINETUNE_PIECES, finetune_dataset
 from textgen_jax.finetune.tasks import Task
+from textgen_jax.models import DECODER, ArchitectureSpec, spec_for
 from textgen_jax.objectives import Objective
 from textgen_jax.objectives.clm import causal_lm_loss, cross_entropy_sums
 
@@ -38,7 +40,7 @@ def _flatten_rows(batch: dict[str, jax.Array]) -> tuple[dict[str, jax.Array], in
     return rows, choices
 
 
-def sequence_logits(arch: str, kind: str, model, params, batch: dict[str, jax.Array],
+def sequence_logits(spec: ArchitectureSpec, kind: str, model, params, batch: dict[str, jax.Array],
                     rng=None, deterministic: bool = True) -> tuple[jax.Array, dict]:
     """(logits [B, num_labels] — [B, num_choices] for multiple choice —, the model's outputs).
 
@@ -47,7 +49,7 @@ def sequence_logits(arch: str, kind: str, model, params, batch: dict[str, jax.Ar
     bias then counts twice, which training absorbs).
     """
     rows, choices = _flatten_rows(batch)
-    outputs = model_outputs(arch, model, params, rows, rng, deterministic)
+    outputs = model_outputs(spec, model, params, rows, rng, deterministic)
     logits = outputs["classification_logits"]
     if choices > 1:
         logits = logits.reshape(-1, choices, logits.shape[-1])
@@ -56,10 +58,10 @@ def sequence_logits(arch: str, kind: str, model, params, batch: dict[str, jax.Ar
 
 
 def sequence_task_loss_fn(model, params, batch: dict[str, jax.Array], rng, deterministic: bool,
-                          *, arch: str, kind: str, regression: bool,
+                          *, spec: ArchitectureSpec, kind: str, regression: bool,
                           lm_weight: float) -> dict[str, jax.Array]:
     """Sums over the examples of a fine-tuning batch (see the module docstring)."""
-    logits, outputs = sequence_logits(arch, kind, model, params, batch, rng, deterministic)
+    logits, outputs = sequence_logits(spec, kind, model, params, batch, rng, deterministic)
     labels = batch["labels"]
     examples = jnp.ones(labels.shape[:1], jnp.float32)
     if regression:
@@ -67,9 +69,9 @@ def sequence_task_loss_fn(model, params, batch: dict[str, jax.Array], rng, deter
         sums = {"loss": errors.sum(), "tokens": examples.sum()}
     else:
         sums = cross_entropy_sums(logits, labels.astype(jnp.int32), examples)
-    if lm_weight and arch in ("gpt", "gpt2"):
+    if lm_weight and spec.kind == DECODER:
         rows = outputs["rows"]
-        lm = causal_lm_loss(outputs["logits"], rows["inputs"], rows["attention_ids"])
+        lm = causal_lm_loss(outputs["logits"], rows["inputs"], rows["segment_ids"])
         # lambda times the mean LM loss, per example: the loop divides by 'tokens'.
         sums["loss"] = sums["loss"] + lm_weight * lm["loss"] / jnp.maximum(
             lm["tokens"], 1.0) * sums["tokens"]
@@ -77,11 +79,11 @@ def sequence_task_loss_fn(model, params, batch: dict[str, jax.Array], rng, deter
     return sums
 
 
-def sequence_task_predict_fn(model, params, batch: dict[str, jax.Array], *, arch: str,
-                             kind: str, regression: bool) -> dict[str, jax.Array]:
+def sequence_task_predict_fn(model, params, batch: dict[str, jax.Array], *,
+                             spec: ArchitectureSpec, kind: str, regression: bool) -> dict[str, jax.Array]:
     """{'predictions': the class (or score) of each example [B], 'labels': [B]}: what the
     task's metrics (accuracy, F1, Matthews, Pearson, ...) read."""
-    logits, _ = sequence_logits(arch, kind, model, params, batch)
+    logits, _ = sequence_logits(spec, kind, model, params, batch)
     predictions = logits[:, 0] if regression else jnp.argmax(logits, axis=-1)
     return {"predictions": predictions, "labels": batch["labels"]}
 
@@ -96,12 +98,12 @@ def labels_score(config: ml_collections.ConfigDict, tokenizer: Tokenizer, split:
 
 def sequence_task_objective(config: ml_collections.ConfigDict, task: Task) -> Objective:
     """The Objective of sequence-level task `task` (SEQUENCE_KINDS) on config.model.arch."""
-    arch = config.model.arch
-    loss_fn = functools.partial(sequence_task_loss_fn, arch=arch, kind=task.kind,
+    spec = spec_for(config.model)
+    loss_fn = functools.partial(sequence_task_loss_fn, spec=spec, kind=task.kind,
                                 regression=task.is_regression, lm_weight=config.task.lm_weight)
-    predict_fn = functools.partial(sequence_task_predict_fn, arch=arch, kind=task.kind,
+    predict_fn = functools.partial(sequence_task_predict_fn, spec=spec, kind=task.kind,
                                    regression=task.is_regression)
     return Objective(f"finetune:{task.name}", loss_fn, finetune_dataset,
-                     pieces=FINETUNE_PIECES.get(arch, ()), predict_fn=predict_fn,
+                     pieces=FINETUNE_PIECES.get(spec.name, ()), predict_fn=predict_fn,
                      metrics=task.metrics,
                      score_fn=functools.partial(labels_score, metrics=task.metrics))

@@ -5,21 +5,26 @@ and formats rows for config.model.arch. Every array is numpy, int32 unless noted
 config.data.seq_len, B the local batch. Texts are truncated so that no row exceeds L (a pair
 loses tokens from the end of its longer text first, as BERT's truncate_seq_pair).
 
-Text rows (classification, regression, similarity, and each choice of multiple_choice):
-  bert   inputs `[cls] A [sep] B [sep]`, token_types (0 up to the first [sep], 1 after),
-         positions, attention_ids (1 real, 0 padding).
-  xlm    inputs `[bos] A [eos] B [eos]`, langs (config.task.language's index in
-         config.data.languages, 0 with none), positions, attention_ids.
+Rows use the model contract's keys (models/spec.py) and keep only those the architecture
+reads (`spec.select`): every text row is built with inputs, positions, segment_ids (1 real, 0
+padding), token_types (0 for A and its specials, 1 for B), langs (config.task.language's index
+in config.data.languages, 0 with none, on real tokens) and extract_positions [B] (the last real
+token), and an encoder-decoder's with decoder_inputs = eos + inputs[:-1] and
+decoder_segment_ids (the same tokens, fed to the decoder, BART §3.1).
+
+Text rows (classification, regression, similarity, and each choice of multiple_choice), framed
+by `spec.pair_layout`:
+  bert   inputs `[cls] A [sep] B [sep]`, token_types, positions, segment_ids.
+  xlm    inputs `[bos] A [eos] B [eos]`, langs, positions, segment_ids.
   gpt, gpt2  inputs `start A delim B extract` (GPT §3.3) with the existing reserved ids:
-         start = bos, delim = '<sep>', extract = eos; positions, attention_ids, and
+         start = bos, delim = '<sep>', extract = eos; positions, segment_ids, and
          extract_positions [B] (the index of the extract token, whose state the head reads).
-  bart   inputs `[bos] A [eos] [eos] B [eos]` (fairseq's pair format), input_mask (1 real),
-         decoder_inputs = eos + inputs[:-1] and decoder_mask (the same tokens, fed to the
-         decoder, BART §3.1), extract_positions [B] (the final eos, whose decoder state the head
-         reads, as Hugging Face's BartForSequenceClassification).
+  bart   inputs `[bos] A [eos] [eos] B [eos]` (fairseq's pair format), segment_ids,
+         decoder_inputs, decoder_segment_ids, extract_positions [B] (the final eos, whose
+         decoder state the head reads, as Hugging Face's BartForSequenceClassification).
   labels [B]: int32 classes, float32 for a score (Task.is_regression).
-  similarity on gpt/gpt2: every key gains an order axis, [B, 2, L], rows (A, B) and (B, A)
-         whose states the head adds (GPT §3.3).
+  similarity on a decoder (gpt/gpt2): every key gains an order axis, [B, 2, L], rows (A, B)
+         and (B, A) whose states the head adds (GPT §3.3).
   multiple_choice: every key gains a choice axis, [B, num_choices, L], one row per
          `context, choice` pair; labels [B] the right choice.
 
@@ -33,13 +38,15 @@ extractive_qa (bert, xlm): the text row of (question, context), plus start_posit
   `answers.best_answer_span` turns back into text.
 
 seq2seq:
-  bart   inputs `[bos] source [eos]`, input_mask, decoder_inputs = eos + targets[:-1],
-         targets `[bos] target [eos]`, target_mask (as data/pipeline.py's denoising rows).
-  xlm    the bart keys (an encoder-decoder initialised from XLM, XLM §5) plus langs and
-         decoder_langs (the source's and the target's language index).
-  gpt, gpt2  inputs `[bos] source [sep] target [eos]`, positions, attention_ids, targets (the
-         next token of each position), target_mask (1 where that next token is in the target)
-         and prompt_lengths [B] (the length of `[bos] source [sep]`, what generation reads).
+  an encoder-decoder (bart; xlm with config.model.encoder_decoder, XLM §5): inputs
+         `[bos] source [eos]`, segment_ids, decoder_inputs = eos + targets[:-1],
+         decoder_segment_ids, targets `[bos] target [eos]`, target_mask (1 on the target's
+         tokens, as decoder_segment_ids; as data/pipeline.py's denoising rows); xlm also langs
+         and decoder_langs (the source's and the target's language index).
+  a decoder (gpt, gpt2)  inputs `[bos] source [sep] target [eos]`, positions, segment_ids,
+         targets (the next token of each position), target_mask (1 where that next token is
+         in the target) and prompt_lengths [B] (the length of `[bos] source [sep]`, what
+         generation reads).
 
 Every kind also has example_index [B]: the example's index in the split, for evaluation to
 read what the rows do not hold (`task_source`, `references`: a QA context and its answers, a
@@ -65,7 +72,9 @@ from textgen_jax.data.masking import IGNORE_LABEL
 from textgen_jax.data.pipeline import epochs, local_batch_size, process_shard, shuffle_seed
 from textgen_jax.data.sources import open_source
 from textgen_jax.data.tokenizer import Tokenizer
+from textgen_jax.config import ConfigError
 from textgen_jax.finetune.tasks import Task, get_task, signature_of
+from textgen_jax.models import DECODER, ENCODER, ENCODER_DECODER, ArchitectureSpec, spec_for
 
 ARCHS = ("bert", "xlm", "gpt", "gpt2", "bart")
 KIND_ARCHS = {"extractive_qa": ("bert", "xlm"), "token_classification": ("bert", "xlm"),
@@ -104,9 +113,9 @@ def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], 
 class _RowFormatter:
     """Token ids -> one architecture's row (see the module docstring); picklable."""
 
-    def __init__(self, tokenizer: Tokenizer, arch: str, seq_len: int, lang_id: int,
+    def __init__(self, tokenizer: Tokenizer, spec: ArchitectureSpec, seq_len: int, lang_id: int,
                  target_lang_id: int):
-        self.tokenizer, self.arch, self.seq_len = tokenizer, arch, seq_len
+        self.tokenizer, self.spec, self.seq_len = tokenizer, spec, seq_len
         self.lang_id, self.target_lang_id = lang_id, target_lang_id
 
     def _pad(self, ids: Sequence[int]) -> np.ndarray:
@@ -122,67 +131,57 @@ class _RowFormatter:
 
     def pair_layout(self, has_b: bool) -> tuple[list[int], list[int], list[int]]:
         """(tokens before A, between A and B, after B) of this architecture."""
-        tok = self.tokenizer
-        if self.arch == "bert":
-            return [tok.cls_id], [tok.sep_id], [tok.sep_id] if has_b else []
-        if self.arch in ("gpt", "gpt2"):  # start A delim B extract (GPT §3.3)
-            return [tok.bos_id], [tok.sep_id] if has_b else [tok.eos_id], (
-                [tok.eos_id] if has_b else [])
-        if self.arch == "bart":
-            return [tok.bos_id], [tok.eos_id, tok.eos_id] if has_b else [tok.eos_id], (
-                [tok.eos_id] if has_b else [])
-        return [tok.bos_id], [tok.eos_id], [tok.eos_id] if has_b else []  # xlm
+        return self.spec.pair_layout(self.tokenizer, has_b)
 
     def text_row(self, a: list[int], b: list[int] | None) -> tuple[dict[str, np.ndarray], int]:
-        """The row of text A (and B), truncated to seq_len; and where B starts in it."""
+        """The row of text A (and B), truncated to seq_len (every key [seq_len] but
+        extract_positions, a scalar); and where B starts in it."""
         before, between, after = self.pair_layout(b is not None)
         a, b = _truncate_pair(a, b or [], self.seq_len - len(before) - len(between) - len(after))
         ids = before + a + between + b + after
         b_start = len(before) + len(a) + len(between)
         length = len(ids)
-        if self.arch == "bart":
-            inputs = self._pad(ids)
-            return {"inputs": inputs, "input_mask": self._mask(length),
-                    "decoder_inputs": np.concatenate([[self.tokenizer.eos_id], inputs[:-1]]
-                                                     ).astype(np.int32),
-                    "decoder_mask": self._mask(length),
-                    "extract_positions": np.int32(length - 1)}, b_start
-        row = {"inputs": self._pad(ids), "positions": self._positions(length),
-               "attention_ids": self._mask(length)}
-        if self.arch == "bert":
-            row["token_types"] = (self._mask(length) - self._mask(b_start)).astype(np.int32)
-        elif self.arch == "xlm":
-            row["langs"] = self._mask(length) * np.int32(self.lang_id)
-        else:
-            row["extract_positions"] = np.int32(length - 1)
-        return row, b_start
+        inputs, real = self._pad(ids), self._mask(length)
+        row = {"inputs": inputs, "positions": self._positions(length), "segment_ids": real,
+               "token_types": (real - self._mask(b_start)).astype(np.int32),
+               "langs": real * np.int32(self.lang_id),
+               "extract_positions": np.int32(length - 1)}
+        if self.spec.kind == ENCODER_DECODER:
+            row["decoder_inputs"] = np.concatenate([[self.tokenizer.eos_id], inputs[:-1]]
+                                                   ).astype(np.int32)
+            row["decoder_segment_ids"] = real
+        return self.spec.select(row), b_start
 
     def seq2seq_row(self, source: list[int], target: list[int]) -> dict[str, np.ndarray]:
+        """A decoder's `[bos] source [sep] target [eos]` row, or an encoder-decoder's source and
+        target rows (see the module docstring); every key [seq_len] but prompt_lengths."""
         tok, seq_len = self.tokenizer, self.seq_len
-        if self.arch in ("gpt", "gpt2"):
+        if self.spec.kind == DECODER:
             # The source keeps at least half the row; the target gets the rest.
             source = source[:max(seq_len // 2 - 2, seq_len - 3 - len(target))]
             target = target[:seq_len - 3 - len(source)]
             ids = [tok.bos_id, *source, tok.sep_id, *target, tok.eos_id]
             prompt_length = len(source) + 2
-            inputs = self._pad(ids)
+            inputs, real = self._pad(ids), self._mask(len(ids))
             next_positions = np.arange(seq_len) + 1
-            return {"inputs": inputs, "positions": self._positions(len(ids)),
-                    "attention_ids": self._mask(len(ids)),
-                    "targets": np.append(inputs[1:], tok.pad_id).astype(np.int32),
-                    "target_mask": ((next_positions >= prompt_length)
-                                    & (next_positions < len(ids))).astype(np.int32),
-                    "prompt_lengths": np.int32(prompt_length)}
+            return self.spec.select({
+                "inputs": inputs, "positions": self._positions(len(ids)), "segment_ids": real,
+                "langs": real * np.int32(self.lang_id),
+                "targets": np.append(inputs[1:], tok.pad_id).astype(np.int32),
+                "target_mask": ((next_positions >= prompt_length)
+                                & (next_positions < len(ids))).astype(np.int32),
+                "prompt_lengths": np.int32(prompt_length)})
         source_ids = [tok.bos_id, *source[:seq_len - 2], tok.eos_id]
         target_ids = [tok.bos_id, *target[:seq_len - 2], tok.eos_id]
         targets = self._pad(target_ids)
-        row = {"inputs": self._pad(source_ids), "input_mask": self._mask(len(source_ids)),
-               "decoder_inputs": np.concatenate([[tok.eos_id], targets[:-1]]).astype(np.int32),
-               "targets": targets, "target_mask": self._mask(len(target_ids))}
-        if self.arch == "xlm":
-            row["langs"] = row["input_mask"] * np.int32(self.lang_id)
-            row["decoder_langs"] = row["target_mask"] * np.int32(self.target_lang_id)
-        return row
+        source_real, target_real = self._mask(len(source_ids)), self._mask(len(target_ids))
+        return self.spec.select({
+            "inputs": self._pad(source_ids), "segment_ids": source_real,
+            "langs": source_real * np.int32(self.lang_id),
+            "decoder_inputs": np.concatenate([[tok.eos_id], targets[:-1]]).astype(np.int32),
+            "decoder_segment_ids": target_real,
+            "decoder_langs": target_real * np.int32(self.target_lang_id),
+            "targets": targets, "target_mask": target_real})
 
 
 def _stack(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -297,7 +296,7 @@ class _TaskRows:
             texts, labels = self._texts(example), self._label(example, index)
         ids = [self._encode(t) for t in texts]
         b = ids[1] if len(ids) > 1 else None
-        if task.both_orders and fmt.arch in ("gpt", "gpt2"):
+        if task.both_orders and fmt.spec.kind == DECODER:
             # Truncated once, so both orders hold the same tokens of A and B.
             before, between, after = fmt.pair_layout(True)
             a, b = _truncate_pair(ids[0], b, fmt.seq_len - len(before + between + after))
@@ -323,7 +322,7 @@ class _TaskRows:
             ids += pieces
             first_piece_tags += [int(tag)] + [IGNORE_LABEL] * (len(pieces) - 1)
         row, _ = self.formatter.text_row(ids, None)
-        kept = int(row["attention_ids"].sum()) - 2  # [cls]/[bos] ... [sep]/[eos]
+        kept = int(row["segment_ids"].sum()) - 2  # [cls]/[bos] ... [sep]/[eos]
         labels = np.full(self.formatter.seq_len, IGNORE_LABEL, np.int32)
         labels[1:1 + kept] = first_piece_tags[:kept]
         return {**row, "labels": labels}
@@ -343,7 +342,7 @@ class _TaskRows:
         # (BERT's max_query_length, §4.2's code).
         question_ids = self._encode(question)[:(self.formatter.seq_len - 3) // 2]
         row, context_start = self.formatter.text_row(question_ids, context_ids)
-        kept = int(row["attention_ids"].sum()) - context_start - 1  # context tokens kept
+        kept = int(row["segment_ids"].sum()) - context_start - 1  # context tokens kept
         offsets = np.full((self.formatter.seq_len, 2), -1, np.int32)
         offsets[context_start:context_start + kept] = [spans[w] for w in word_of_token[:kept]]
         start_position = end_position = 0
@@ -383,7 +382,7 @@ def task_languages(config: ml_collections.ConfigDict, task: Task, language: str 
     if task.name == "xnli" and language not in task.languages:
         raise ValueError(f"config.task.language={language!r} is not an XNLI language; use one "
                          f"of {task.languages}.")
-    if config.model.arch != "xlm":
+    if not spec_for(config.model).uses_languages:
         return language, 0, 0
     target = (_language_index(config, task.languages[1])
               if task.kind == "seq2seq" and len(task.languages) == 2 else 0)
@@ -441,13 +440,18 @@ def finetune_rows(
         raise ValueError(f"Task {task.name!r} ({task.kind}) needs one of "
                          f"{KIND_ARCHS[task.kind]}, not config.model.arch={arch!r}.")
     language, lang_id, target_lang_id = task_languages(config, task)
+    spec = spec_for(config.model)
+    if task.kind == "seq2seq" and spec.kind == ENCODER:
+        raise ConfigError(f"Task {task.name!r} (seq2seq) needs a model that generates; "
+                          f"config.model.arch={arch!r} is an encoder here: set "
+                          "config.model.encoder_decoder=True (XLM's translation model, §5).")
 
     source = task_source(config, split)
     if len(source) < max(process_count, task.num_labels if task.kind == "multiple_choice" else 1):
         raise ValueError(f"Split {split!r} of task {task.name!r} has {len(source)} examples, "
                          f"fewer than the {process_count} processes that share it or the "
                          f"{task.num_labels} choices drawn from it; use a larger split.")
-    formatter = _RowFormatter(tokenizer, arch, config.data.seq_len, lang_id, target_lang_id)
+    formatter = _RowFormatter(tokenizer, spec, config.data.seq_len, lang_id, target_lang_id)
     indices = process_shard(grain.MapDataset.range(len(source)), process_index, process_count)
     indices = epochs(indices, config, shuffle, repeat)
     return indices.map(_TaskRows(task, source, formatter, shuffle_seed(config), language))

@@ -28,25 +28,25 @@ from textgen_jax.finetune.metrics import compute_metrics
 from textgen_jax.finetune.pipelines import (FINETUNE_PIECES, finetune_dataset, references,
                                             task_source)
 from textgen_jax.finetune.tasks import Task
+from textgen_jax.models import ENCODER_DECODER, ArchitectureSpec, spec_for
 from textgen_jax.objectives import Objective
 from textgen_jax.objectives.clm import cross_entropy_sums
 
-ENCODER_DECODERS = ("bart", "xlm")  # xlm: the translation model initialised from XLM (§5)
 NO_TOKEN = -1  # pads the generated ids of an example that stopped early
 
 
-def seq2seq_logits(arch: str, model, params, batch: dict[str, jax.Array], rng=None,
-                   deterministic: bool = True) -> jax.Array:
-    """float32 logits [B, L, vocab] of each row's next tokens: at decoder position t (BART,
-    XLM) or input position t (GPT, GPT-2), the prediction of batch['targets'][:, t]."""
-    return model_outputs(arch, model, params, batch, rng, deterministic)["logits"]
+def seq2seq_logits(spec: ArchitectureSpec, model, params, batch: dict[str, jax.Array],
+                   rng=None, deterministic: bool = True) -> jax.Array:
+    """float32 logits [B, L, vocab] of each row's next tokens: at decoder position t (an
+    encoder-decoder: BART, XLM) or input position t (a decoder: GPT, GPT-2), the prediction of batch['targets'][:, t]."""
+    return model_outputs(spec, model, params, batch, rng, deterministic)["logits"]
 
 
 def seq2seq_loss_fn(model, params, batch: dict[str, jax.Array], rng, deterministic: bool, *,
-                    arch: str, label_smoothing: float) -> dict[str, jax.Array]:
+                    spec: ArchitectureSpec, label_smoothing: float) -> dict[str, jax.Array]:
     """Sums over the target tokens of a batch: 'loss' (label-smoothed cross-entropy),
     'correct', 'tokens' and, with label smoothing, 'nll' (the plain cross-entropy)."""
-    logits = seq2seq_logits(arch, model, params, batch, rng, deterministic)
+    logits = seq2seq_logits(spec, model, params, batch, rng, deterministic)
     return cross_entropy_sums(logits, batch["targets"],
                               batch["target_mask"].astype(np.float32), label_smoothing)
 
@@ -60,16 +60,18 @@ def _process_rows(array) -> np.ndarray:
     return np.concatenate([np.asarray(shards[start]) for start in sorted(shards)])
 
 
-def _prompts_and_eos(arch: str, rows: dict[str, np.ndarray]) -> tuple[list[list[int]], int]:
-    """What each row decodes from — BART/XLM: the source `[bos] source [eos]`; GPT/GPT-2:
+def _prompts_and_eos(spec: ArchitectureSpec, rows: dict[str, np.ndarray]
+                     ) -> tuple[list[list[int]], int]:
+    """What each row [b, L] decodes from — an encoder-decoder (BART/XLM): the source
+    `[bos] source [eos]`; a decoder (GPT/GPT-2):
     `[bos] source [sep]`, the first prompt_lengths tokens — and the eos id that ends a
     generation, read from the rows (the decoder's start token; the last token of a GPT row)."""
-    if arch in ENCODER_DECODERS:
-        lengths = rows["input_mask"].sum(axis=1)
+    if spec.kind == ENCODER_DECODER:
+        lengths = rows["segment_ids"].sum(axis=1)
         eos_ids = rows["decoder_inputs"][:, 0]
     else:
         lengths = rows["prompt_lengths"]
-        eos_ids = rows["inputs"][np.arange(len(lengths)), rows["attention_ids"].sum(axis=1) - 1]
+        eos_ids = rows["inputs"][np.arange(len(lengths)), rows["segment_ids"].sum(axis=1) - 1]
     if (eos_ids != eos_ids[0]).any():
         raise ValueError(f"seq2seq rows disagree on the eos id ({sorted(set(eos_ids.tolist()))}); "
                          "they are not rows of finetune/pipelines.py.")
@@ -77,21 +79,22 @@ def _prompts_and_eos(arch: str, rows: dict[str, np.ndarray]) -> tuple[list[list[
     return prompts, int(eos_ids[0])
 
 
-def seq2seq_predict_fn(model, params, batch: dict[str, jax.Array], *, arch: str,
-                       options: GenerationOptions) -> dict[str, np.ndarray]:
+def seq2seq_predict_fn(model, params, batch: dict[str, jax.Array], *,
+                       spec: ArchitectureSpec, options: GenerationOptions) -> dict[str, np.ndarray]:
     """Beam-search decoding of this process's rows of `batch`: {'predictions': int32
     [b, options.max_new_tokens] the generated ids, cut before eos and padded with NO_TOKEN,
     'example_index': [b]}. Runs decoding's compiled loops (jit_predict=False): each prompt
     width compiles once per run, so repeated evaluations of the same batches compile nothing.
     """
     rows = {key: _process_rows(batch[key]) for key in
-            ("inputs", "input_mask", "decoder_inputs", "attention_ids", "prompt_lengths",
-             "langs", "decoder_langs", "example_index") if key in batch}
-    prompts, eos_id = _prompts_and_eos(arch, rows)
+            ("inputs", "segment_ids", "decoder_inputs", "prompt_lengths", "langs",
+             "decoder_langs", "example_index") if key in batch}
+    prompts, eos_id = _prompts_and_eos(spec, rows)
     languages = {}
-    if arch == "xlm":  # a task's rows share the source's and the target's language
-        languages = {"language_id": int(rows["langs"][0, 0]),
-                     "target_language_id": int(rows["decoder_langs"][0, 0])}
+    if spec.uses_languages:  # a task's rows share the source's and the target's language
+        languages = {"language_id": int(rows["langs"][0, 0])}
+        if "decoder_langs" in rows:
+            languages["target_language_id"] = int(rows["decoder_langs"][0, 0])
     generated = generate_ids(model, params, prompts, options, eos_id=eos_id, pad_id=eos_id,
                              **languages)
     predictions = np.full((len(prompts), options.max_new_tokens), NO_TOKEN, np.int32)
@@ -137,16 +140,16 @@ def generation_options(config: ml_collections.ConfigDict) -> GenerationOptions:
 
 def seq2seq_objective(config: ml_collections.ConfigDict, task: Task) -> Objective:
     """The Objective of seq2seq task `task` on config.model.arch (see the module docstring)."""
-    arch = config.model.arch
+    spec = spec_for(config.model)
     if not 0.0 <= config.task.label_smoothing < 1.0:
         raise ConfigError(f"config.task.label_smoothing={config.task.label_smoothing} must lie "
                           "in [0, 1) (0 = off; BART's summarization recipe uses 0.1).")
-    loss_fn = functools.partial(seq2seq_loss_fn, arch=arch,
+    loss_fn = functools.partial(seq2seq_loss_fn, spec=spec,
                                 label_smoothing=float(config.task.label_smoothing))
-    predict_fn = functools.partial(seq2seq_predict_fn, arch=arch,
+    predict_fn = functools.partial(seq2seq_predict_fn, spec=spec,
                                    options=generation_options(config))
     score_fn = functools.partial(seq2seq_score_fn, metrics=task.metrics)
     return Objective(f"finetune:{task.name}", loss_fn, finetune_dataset,
-                     pieces=FINETUNE_PIECES.get(arch, ()),
+                     pieces=FINETUNE_PIECES.get(spec.name, ()),
                      predict_fn=predict_fn, metrics=task.metrics, jit_predict=False,
                      score_fn=score_fn)

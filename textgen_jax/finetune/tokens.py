@@ -31,32 +31,33 @@ from textgen_jax.finetune.metrics import compute_metrics
 from textgen_jax.finetune.pipelines import (FINETUNE_PIECES, KIND_ARCHS, finetune_dataset,
                                             references, task_source)
 from textgen_jax.finetune.tasks import Task
+from textgen_jax.models import ArchitectureSpec, spec_for
 from textgen_jax.models.heads import TOKEN_HEADS
 from textgen_jax.objectives import Objective
 from textgen_jax.objectives.clm import cross_entropy_sums
 
 
 def token_classification_loss_fn(model, params, batch: dict[str, jax.Array], rng,
-                                 deterministic: bool, *, arch: str) -> dict[str, jax.Array]:
+                                 deterministic: bool, *, spec: ArchitectureSpec) -> dict[str, jax.Array]:
     """Sums over the tagged tokens of a batch: labels [B, L] hold a tag or IGNORE_LABEL."""
-    outputs = model_outputs(arch, model, params, batch, rng, deterministic)
+    outputs = model_outputs(spec, model, params, batch, rng, deterministic)
     labels = batch["labels"]
     tagged = labels != IGNORE_LABEL
     return cross_entropy_sums(outputs["token_logits"], jnp.where(tagged, labels, 0),
                               tagged.astype(jnp.float32))
 
 
-def span_logits(arch: str, model, params, batch: dict[str, jax.Array], rng=None,
+def span_logits(spec: ArchitectureSpec, model, params, batch: dict[str, jax.Array], rng=None,
                 deterministic: bool = True) -> jax.Array:
     """float32 [B, 2, L]: each row's start logits, then its end logits."""
-    outputs = model_outputs(arch, model, params, batch, rng, deterministic)
+    outputs = model_outputs(spec, model, params, batch, rng, deterministic)
     return jnp.stack([outputs["start_logits"], outputs["end_logits"]], axis=1)
 
 
 def extractive_qa_loss_fn(model, params, batch: dict[str, jax.Array], rng,
-                          deterministic: bool, *, arch: str) -> dict[str, jax.Array]:
+                          deterministic: bool, *, spec: ArchitectureSpec) -> dict[str, jax.Array]:
     """Sums over the examples of a batch: start_positions, end_positions [B]."""
-    logits = span_logits(arch, model, params, batch, rng, deterministic)
+    logits = span_logits(spec, model, params, batch, rng, deterministic)
     targets = jnp.stack([batch["start_positions"], batch["end_positions"]], axis=1)
     # Start and end weigh 1/2 each: an example's loss is their mean CE (BERT §4.2), and
     # 'tokens' (the weights' sum) counts examples.
@@ -64,18 +65,18 @@ def extractive_qa_loss_fn(model, params, batch: dict[str, jax.Array], rng,
 
 
 def token_classification_predict_fn(model, params, batch: dict[str, jax.Array], *,
-                                    arch: str) -> dict[str, jax.Array]:
+                                    spec: ArchitectureSpec) -> dict[str, jax.Array]:
     """{'predictions': the best tag of every token [B, L], 'labels': [B, L]}."""
-    outputs = model_outputs(arch, model, params, batch, None, True)
+    outputs = model_outputs(spec, model, params, batch, None, True)
     return {"predictions": jnp.argmax(outputs["token_logits"], axis=-1),
             "labels": batch["labels"]}
 
 
 def extractive_qa_predict_fn(model, params, batch: dict[str, jax.Array], *,
-                             arch: str) -> dict[str, jax.Array]:
+                             spec: ArchitectureSpec) -> dict[str, jax.Array]:
     """{'start_logits', 'end_logits' [B, L], and the rows' 'context_offsets' [B, L, 2] and
     'example_index' [B]}: what `extractive_qa_score` decodes answer texts from."""
-    logits = span_logits(arch, model, params, batch)
+    logits = span_logits(spec, model, params, batch)
     return {"start_logits": logits[:, 0], "end_logits": logits[:, 1],
             "context_offsets": batch["context_offsets"], "example_index": batch["example_index"]}
 
@@ -133,7 +134,8 @@ def token_task_objective(config: ml_collections.ConfigDict, task: Task) -> Objec
     else:
         loss_fn, predict_fn = extractive_qa_loss_fn, extractive_qa_predict_fn
         score_fn = extractive_qa_score
-    return Objective(f"finetune:{task.name}", functools.partial(loss_fn, arch=arch),
-                     finetune_dataset, pieces=FINETUNE_PIECES.get(arch, ()),
-                     predict_fn=functools.partial(predict_fn, arch=arch), metrics=task.metrics,
+    spec = spec_for(config.model)
+    return Objective(f"finetune:{task.name}", functools.partial(loss_fn, spec=spec),
+                     finetune_dataset, pieces=FINETUNE_PIECES.get(spec.name, ()),
+                     predict_fn=functools.partial(predict_fn, spec=spec), metrics=task.metrics,
                      score_fn=functools.partial(score_fn, task=task))
