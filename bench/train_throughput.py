@@ -1,4 +1,4 @@
-"""Training throughput of textgen_jax against transformers' GPT2LMHeadModel (shared/BENCH.md).
+"""Training throughput of textgen_jax against transformers' GPT2LMHeadModel (rules: bench/README.md).
 
 Prints one JSON line per case, framework and dtype, a `matmul_2048` calibration line per
 framework and dtype (the MFU denominator), and a `comparison` line per case:
@@ -65,7 +65,7 @@ def token_ids(case: dict) -> np.ndarray:
 
 
 def flops_per_token(case: dict, non_embedding_params: int) -> float:
-    """6N + 12·L·d·T (BENCH.md): N without embeddings, no causal halving."""
+    """6N + 12·L·d·T (bench/README.md): N without embeddings, no causal halving."""
     return (6 * non_embedding_params
             + 12 * case["num_layers"] * case["d_model"] * case["seq_len"])
 
@@ -268,7 +268,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES),
                         help=f"comma-separated subset of {', '.join(CASES)}")
     parser.add_argument("--steps", type=int, default=0,
-                        help="timed steps per run (default and floor: the case's BENCH.md "
+                        help="timed steps per run (default and floor: the case's bench/README.md "
                              "minimum, 10 or 5 for the 124M model)")
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated dtypes")
     parser.add_argument("--no-transformers", action="store_true",

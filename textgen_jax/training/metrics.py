@@ -109,7 +109,7 @@ def peak_flops_per_device(dtype: str) -> float:
         for kind, (bf16, f32) in _ACCELERATOR_PEAK_FLOPS.items():
             if kind.lower() in device.device_kind.lower():
                 return bf16 if dtype == "bfloat16" else f32
-    # CPU: the same framework's matmul in the same dtype (shared/BENCH.md); all simulated
+    # CPU: the same framework's matmul in the same dtype (bench/README.md); all simulated
     # devices share the cores, so the host's figure is split among them.
     return _measured_matmul_flops(dtype) / jax.local_device_count()
 
