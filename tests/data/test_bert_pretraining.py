@@ -45,11 +45,11 @@ def test_half_of_the_pairs_are_true_next_segments(many_batches):
 def test_rows_are_cls_a_sep_b_sep(many_batches, stdlib_tokenizer):
     tok = stdlib_tokenizer
     for batch in many_batches:
-        for key in ("inputs", "token_types", "positions", "attention_ids", "mlm_labels"):
+        for key in ("inputs", "token_types", "positions", "segment_ids", "mlm_labels"):
             assert batch[key].shape == (BATCH, SEQ_LEN) and batch[key].dtype == np.int32, key
         for row, types, positions, attention, labels in zip(
                 batch["inputs"], batch["token_types"], batch["positions"],
-                batch["attention_ids"], batch["mlm_labels"]):
+                batch["segment_ids"], batch["mlm_labels"]):
             length = int(attention.sum())
             assert length <= SEQ_LEN and np.all(attention[:length] == 1)
             assert np.all(row[length:] == tok.pad_id) and np.all(types[length:] == 0)
@@ -74,7 +74,7 @@ def test_about_15_percent_of_the_tokens_are_predicted(many_batches, stdlib_token
     assert abs(chosen.sum() / maskable.sum() - 0.15) < 0.01
     assert abs(np.mean(rows[chosen] == stdlib_tokenizer.mask_id) - 0.8) < 0.02
     # Rows are mostly full: A and B are filled to seq_len from the documents.
-    assert np.mean([b["attention_ids"].sum(-1).mean() for b in many_batches]) > 0.8 * SEQ_LEN
+    assert np.mean([b["segment_ids"].sum(-1).mean() for b in many_batches]) > 0.8 * SEQ_LEN
 
 
 def test_same_seed_same_rows_and_resume_from_state(config, stdlib_tokenizer):

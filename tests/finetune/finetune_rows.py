@@ -6,10 +6,6 @@ import numpy as np
 
 from textgen_jax.data.tokenizer import Tokenizer
 
-_MASK_KEY = {"bert": "attention_ids", "xlm": "attention_ids", "gpt": "attention_ids",
-             "gpt2": "attention_ids", "bart": "input_mask"}
-
-
 def flat_rows(batch: dict[str, np.ndarray], seq_len: int) -> list[dict[str, np.ndarray]]:
     """The text rows of a batch, whatever its leading axes ([B], [B, choices], [B, 2])."""
     lead = batch["inputs"].shape[:-1]
@@ -24,9 +20,9 @@ def check_text_row(row: dict[str, np.ndarray], tok: Tokenizer, arch: str, num_te
     """Asserts the special tokens, masks and padding of one row; returns its texts' ids."""
     ids = row["inputs"]
     assert ids.shape == (seq_len,) and ids.dtype == np.int32
-    length = int(row[_MASK_KEY[arch]].sum())
+    length = int(row["segment_ids"].sum())
     assert 0 < length <= seq_len
-    np.testing.assert_array_equal(row[_MASK_KEY[arch]], np.arange(seq_len) < length)
+    np.testing.assert_array_equal(row["segment_ids"], np.arange(seq_len) < length)
     assert (ids[length:] == tok.pad_id).all() and (ids[:length] != tok.pad_id).all()
     real = ids[:length].tolist()
     if arch == "bert":
@@ -48,13 +44,13 @@ def check_text_row(row: dict[str, np.ndarray], tok: Tokenizer, arch: str, num_te
         assert real.count(tok.eos_id) == (3 if num_texts == 2 else 1)
         np.testing.assert_array_equal(row["decoder_inputs"][1:], ids[:-1])
         assert row["decoder_inputs"][0] == tok.eos_id
-        np.testing.assert_array_equal(row["decoder_mask"], row["input_mask"])
+        np.testing.assert_array_equal(row["decoder_segment_ids"], row["segment_ids"])
         end_a = real.index(tok.eos_id)
         texts = [real[1:end_a], real[end_a + 2:-1]]
     else:  # xlm
         assert real[0] == tok.bos_id and real[-1] == tok.eos_id
         assert real.count(tok.eos_id) == num_texts
-        np.testing.assert_array_equal(row["langs"], lang_id * row["attention_ids"])
+        np.testing.assert_array_equal(row["langs"], lang_id * row["segment_ids"])
         end_a = real.index(tok.eos_id)
         texts = [real[1:end_a], real[end_a + 1:-1]]
     if arch != "bart":

@@ -143,6 +143,7 @@ def test_code_to_docstring_targets_are_the_docstring(task_config, stdlib_tokeniz
     tok, seq_len = stdlib_tokenizer, 64
     config = task_config("code_to_docstring", arch, seq_len=seq_len)
     config.data.languages = ("en", "code")  # XLM's tiny preset: code is language 1
+    config.model.encoder_decoder = arch == "xlm"  # XLM's translation model (§5)
     source = _source(config, "code_to_docstring")
     for index, row in enumerate(_rows(config, count=20)):
         code = tok.encode(_text(source[index]["code"]))
@@ -156,11 +157,11 @@ def test_code_to_docstring_targets_are_the_docstring(task_config, stdlib_tokeniz
             assert is_truncation_of(predicted[:-1], docstring)
         else:
             assert predicted[0] == tok.bos_id and is_truncation_of(predicted[1:-1], docstring)
-            length = int(row["input_mask"].sum())
+            length = int(row["segment_ids"].sum())
             assert is_truncation_of(row["inputs"][1:length - 1].tolist(), code)
             np.testing.assert_array_equal(row["decoder_inputs"][1:], row["targets"][:-1])
         if arch == "xlm":
-            np.testing.assert_array_equal(row["langs"], row["input_mask"])
+            np.testing.assert_array_equal(row["langs"], row["segment_ids"])
             np.testing.assert_array_equal(row["decoder_langs"], 0 * row["target_mask"])
 
 

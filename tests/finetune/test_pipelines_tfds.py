@@ -88,7 +88,7 @@ def test_similarity_reads_both_orders_for_gpt(task_config, stdlib_tokenizer):
     with tfds.testing.mock_data(**MOCK):
         batch = _batches(task_config("glue/qqp", "gpt", seq_len=SEQ_LEN), tok)[0]
     for pair in batch["inputs"]:
-        a, b = check_text_row({"inputs": pair[0], "attention_ids": pair[0] != tok.pad_id,
+        a, b = check_text_row({"inputs": pair[0], "segment_ids": pair[0] != tok.pad_id,
                                "positions": np.arange(SEQ_LEN),
                                "extract_positions": (pair[0] != tok.pad_id).sum() - 1},
                               tok, "gpt", 2, SEQ_LEN)
@@ -104,6 +104,7 @@ def test_seq2seq_batches(task_config, stdlib_tokenizer, task_name, arch):
     tok, task = stdlib_tokenizer, get_task(task_name)
     config = task_config(task_name, arch, seq_len=SEQ_LEN)
     config.data.languages = ("en", "de")  # XLM: language ids are positions in this list
+    config.model.encoder_decoder = arch == "xlm"  # XLM's translation model (§5)
     with tfds.testing.mock_data(**MOCK):
         batches = _batches(config, tok)
         source = tfds.data_source(task.dataset, split=task.eval_split)
@@ -119,7 +120,7 @@ def test_seq2seq_batches(task_config, stdlib_tokenizer, task_name, arch):
                    if k not in ("prompt_lengths", "example_index"))
         if arch in ("gpt", "gpt2"):
             inputs, prompt = row["inputs"].tolist(), int(row["prompt_lengths"])
-            length = int(row["attention_ids"].sum())
+            length = int(row["segment_ids"].sum())
             assert inputs[0] == tok.bos_id and inputs[prompt - 1] == tok.sep_id
             assert is_truncation_of(inputs[1:prompt - 1], source_ids)
             assert prompt - 2 >= min(len(source_ids), SEQ_LEN // 2 - 2)  # source keeps half
@@ -127,7 +128,7 @@ def test_seq2seq_batches(task_config, stdlib_tokenizer, task_name, arch):
             assert predicted == inputs[prompt:length] and predicted[-1] == tok.eos_id
             assert is_truncation_of(predicted[:-1], target_ids)
             continue
-        length, target_length = int(row["input_mask"].sum()), int(row["target_mask"].sum())
+        length, target_length = int(row["segment_ids"].sum()), int(row["target_mask"].sum())
         inputs, targets = row["inputs"].tolist(), row["targets"].tolist()
         assert inputs[0] == tok.bos_id and inputs[length - 1] == tok.eos_id
         assert targets[0] == tok.bos_id and targets[target_length - 1] == tok.eos_id
@@ -135,7 +136,7 @@ def test_seq2seq_batches(task_config, stdlib_tokenizer, task_name, arch):
         assert is_truncation_of(targets[1:target_length - 1], target_ids)
         assert row["decoder_inputs"].tolist() == [tok.eos_id, *targets[:-1]]
         if arch == "xlm":  # de is language 1, en language 0 of config.data.languages
-            np.testing.assert_array_equal(row["langs"], row["input_mask"])
+            np.testing.assert_array_equal(row["langs"], row["segment_ids"])
             np.testing.assert_array_equal(row["decoder_langs"], 0 * row["target_mask"])
 
 

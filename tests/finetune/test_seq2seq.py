@@ -34,7 +34,7 @@ def _config(task_config, arch: str):
 
 def _model(config, tokenizer):
     model = models.build_model(config.model, tokenizer.vocab_size)
-    params = model.init(jax.random.key(0), *model.example_inputs(SEQ_LEN))["params"]
+    params = model.init(jax.random.key(0), model.example_batch(SEQ_LEN))["params"]
     return model, params
 
 
@@ -63,25 +63,26 @@ def test_only_target_tokens_carry_loss(task_config, stdlib_tokenizer, arch):
     config = _config(task_config, arch)
     model, params = _model(config, stdlib_tokenizer)
     batch = _batch(config, stdlib_tokenizer, range(4))
-    loss = lambda b: seq2seq_loss_fn(model, params, b, None, True, arch=arch,  # noqa: E731
+    spec = models.spec_for(config.model)
+    loss = lambda b: seq2seq_loss_fn(model, params, b, None, True, spec=spec,  # noqa: E731
                                      label_smoothing=0.1)
     sums = loss(batch)
     mask = np.asarray(batch["target_mask"]).astype(bool)
     assert 0 < sums["tokens"] == mask.sum() < mask.size
     # Targets where the mask is 0 (padding; GPT's source) and padded input tokens change nothing.
     changed = dict(batch, targets=jnp.where(mask, batch["targets"], 5))
-    padding = batch["input_mask" if arch == "bart" else "attention_ids"] == 0
+    padding = batch["segment_ids"] == 0
     changed["inputs"] = jnp.where(padding, 7, batch["inputs"])
     for name, value in loss(changed).items():
         np.testing.assert_allclose(value, sums[name], rtol=1e-6, err_msg=name)
     if arch == "gpt2":
         # The loss is next-token cross-entropy from the [sep] (prompt_lengths - 1) to the last
         # docstring token: p(docstring, eos | [bos] code [sep]), nothing of the code.
-        logits = seq2seq_logits(arch, model, params, batch)
+        logits = seq2seq_logits(spec, model, params, batch)
         inputs = np.asarray(batch["inputs"])
         expected = 0.0
         for row, (start, length) in enumerate(zip(np.asarray(batch["prompt_lengths"]) - 1,
-                                                  np.asarray(batch["attention_ids"]).sum(1))):
+                                                  np.asarray(batch["segment_ids"]).sum(1))):
             expected += optax.softmax_cross_entropy_with_integer_labels(
                 logits[row, start:length - 1], inputs[row, start + 1:length]).sum()
         np.testing.assert_allclose(sums["nll"], expected, rtol=1e-5)
@@ -105,12 +106,13 @@ def test_a_model_trained_on_its_targets_decodes_them_with_rouge_1(task_config, s
     batch = _batch(config, stdlib_tokenizer, indices)
     if arch == "gpt2":  # prompts of different lengths: the left padding of generation
         assert len(set(np.asarray(batch["prompt_lengths"]).tolist())) > 1
+    spec = models.spec_for(config.model)
     tx = optax.adam(3e-3)
 
     @jax.jit
     def step(params, opt_state):
         def mean_loss(p):
-            sums = seq2seq_loss_fn(model, p, batch, None, True, arch=arch, label_smoothing=0.0)
+            sums = seq2seq_loss_fn(model, p, batch, None, True, spec=spec, label_smoothing=0.0)
             return sums["loss"] / sums["tokens"]
         loss, grads = jax.value_and_grad(mean_loss)(params)
         updates, opt_state = tx.update(grads, opt_state)
@@ -122,7 +124,7 @@ def test_a_model_trained_on_its_targets_decodes_them_with_rouge_1(task_config, s
     assert loss < 0.05
 
     options = GenerationOptions(max_new_tokens=14, num_beams=2, early_stopping=True)
-    outputs = seq2seq_predict_fn(model, params, batch, arch=arch, options=options)
+    outputs = seq2seq_predict_fn(model, params, batch, spec=spec, options=options)
     assert outputs["predictions"].shape == (4, 14)
     np.testing.assert_array_equal(outputs["example_index"], indices)
     # Each prediction ends at eos: NO_TOKEN after it, eos itself never kept.
@@ -132,7 +134,7 @@ def test_a_model_trained_on_its_targets_decodes_them_with_rouge_1(task_config, s
                               metrics=("rouge1", "rougeL", "bleu"))
     assert scores["rouge1"] == scores["rougeL"] == 1.0
     # Evaluations repeat the same batches: the second decodes without compiling.
-    assert count_compiles(lambda: seq2seq_predict_fn(model, params, batch, arch=arch,
+    assert count_compiles(lambda: seq2seq_predict_fn(model, params, batch, spec=spec,
                                                 options=options)) == 0
     # The scores follow the examples: pairing predictions with other references drops them.
     shuffled = dict(outputs, example_index=np.roll(outputs["example_index"], 1))

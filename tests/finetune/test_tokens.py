@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from textgen_jax import models
 from textgen_jax.config import ConfigError, base_config
 from textgen_jax.data.masking import IGNORE_LABEL
 from textgen_jax.finetune.objectives import finetune_objective
@@ -30,7 +31,7 @@ def _model(arch: str, head: str):
              if arch == "bert" else
              Xlm(CFG, num_languages=2, num_labels=TAGS if head == "token_classification" else 0,
                  head=head))
-    boxed = model.init(jax.random.key(0), *model.example_inputs(LENGTH))["params"]
+    boxed = model.init(jax.random.key(0), model.example_batch(LENGTH))["params"]
     # Larger weights than the init, so that the logits differ clearly between positions.
     return model, boxed, jax.tree.map(lambda p: p * 3.0, nn.meta.unbox(boxed))
 
@@ -44,7 +45,7 @@ def _batch(arch: str, rng: np.random.Generator) -> dict[str, jnp.ndarray]:
     labels[real == 0] = IGNORE_LABEL
     batch = {"inputs": rng.integers(4, VOCAB, (BATCH, LENGTH)) * real,
              "positions": np.broadcast_to(np.arange(LENGTH), (BATCH, LENGTH)) * real,
-             "attention_ids": real, "labels": labels,
+             "segment_ids": real, "labels": labels,
              "start_positions": np.array([3, 0, 2]), "end_positions": np.array([5, 0, 4]),
              "context_offsets": rng.integers(-1, 50, (BATCH, LENGTH, 2)),
              "example_index": np.array([7, 1, 4])}
@@ -52,10 +53,14 @@ def _batch(arch: str, rng: np.random.Generator) -> dict[str, jnp.ndarray]:
     return {key: jnp.asarray(value, jnp.int32) for key, value in batch.items()}
 
 
+def _spec(arch: str) -> models.ArchitectureSpec:
+    config = base_config()
+    config.model.arch = arch
+    return models.spec_for(config.model)
+
+
 def _apply(arch: str, model, params, batch):
-    segments = batch["token_types" if arch == "bert" else "langs"]
-    return model.apply({"params": params}, batch["inputs"], segments, batch["positions"],
-                       batch["attention_ids"])
+    return model.apply({"params": params}, _spec(arch).select(batch))
 
 
 @pytest.mark.parametrize("arch", ["bert", "xlm"])
@@ -82,7 +87,7 @@ def test_heads_are_named_as_transformers_and_carry_logical_axes(arch):
 def test_token_loss_is_the_cross_entropy_of_the_tagged_tokens_only(arch):
     model, _, params = _model(arch, "token_classification")
     batch = _batch(arch, np.random.default_rng(1))
-    sums = token_classification_loss_fn(model, params, batch, None, True, arch=arch)
+    sums = token_classification_loss_fn(model, params, batch, None, True, spec=_spec(arch))
     log_probs = jax.nn.log_softmax(_apply(arch, model, params, batch)["token_logits"])
     tagged = np.asarray(batch["labels"]) != IGNORE_LABEL
     labels = np.asarray(batch["labels"])
@@ -92,15 +97,15 @@ def test_token_loss_is_the_cross_entropy_of_the_tagged_tokens_only(arch):
     # Untagging a position removes exactly its term.
     b, t = map(int, np.argwhere(tagged)[0])
     untagged = dict(batch, labels=batch["labels"].at[b, t].set(IGNORE_LABEL))
-    fewer = token_classification_loss_fn(model, params, untagged, None, True, arch=arch)
+    fewer = token_classification_loss_fn(model, params, untagged, None, True, spec=_spec(arch))
     np.testing.assert_allclose(fewer["loss"], expected + float(log_probs[b, t, labels[b, t]]),
                                rtol=1e-5)
-    predicted = token_classification_predict_fn(model, params, batch, arch=arch)
+    predicted = token_classification_predict_fn(model, params, batch, spec=_spec(arch))
     np.testing.assert_array_equal(predicted["predictions"], np.argmax(log_probs, -1))
     np.testing.assert_allclose(sums["correct"], (predicted["predictions"] == labels)[tagged].sum())
     # Training mode applies dropout before the classifier.
     noisy = token_classification_loss_fn(model, params, batch, jax.random.key(1), False,
-                                         arch=arch)
+                                         spec=_spec(arch))
     assert abs(float(noisy["loss"]) - float(sums["loss"])) > 1e-4
 
 
@@ -108,7 +113,7 @@ def test_token_loss_is_the_cross_entropy_of_the_tagged_tokens_only(arch):
 def test_qa_loss_averages_the_start_and_end_cross_entropies(arch):
     model, _, params = _model(arch, "question_answering")
     batch = _batch(arch, np.random.default_rng(2))
-    sums = extractive_qa_loss_fn(model, params, batch, None, True, arch=arch)
+    sums = extractive_qa_loss_fn(model, params, batch, None, True, spec=_spec(arch))
     outputs = _apply(arch, model, params, batch)
     start = jax.nn.log_softmax(outputs["start_logits"])
     end = jax.nn.log_softmax(outputs["end_logits"])
@@ -119,7 +124,7 @@ def test_qa_loss_averages_the_start_and_end_cross_entropies(arch):
     hits = ((np.argmax(start, -1) == batch["start_positions"]).sum()
             + (np.argmax(end, -1) == batch["end_positions"]).sum())
     np.testing.assert_allclose(sums["correct"], hits / 2)
-    predicted = extractive_qa_predict_fn(model, params, batch, arch=arch)
+    predicted = extractive_qa_predict_fn(model, params, batch, spec=_spec(arch))
     np.testing.assert_allclose(predicted["start_logits"], outputs["start_logits"], atol=1e-6)
     np.testing.assert_allclose(predicted["end_logits"], outputs["end_logits"], atol=1e-6)
     for key in ("context_offsets", "example_index"):  # what scoring reads the answers by
@@ -154,4 +159,4 @@ def test_a_model_without_the_tasks_head_is_an_error():
                                           "config.task.name='glue/sst2' is classification"):
         finetune_objective(_task_config("glue/sst2", "bert", "question_answering", 2))
     with pytest.raises(ValueError, match="config.model.head='qa': use '' .* or one of"):
-        Bert(CFG, head="qa").init(jax.random.key(0), *Bert(CFG).example_inputs(4))
+        Bert(CFG, head="qa").init(jax.random.key(0), *Bert(CFG).example_batch(4))

@@ -111,9 +111,8 @@ def test_trained_in_english_evaluated_in_german_and_french(stdlib_tokenizer, tmp
         with _mock():
             batch = next(iter(finetune_dataset(config, stdlib_tokenizer, "test", shuffle=False,
                                                repeat=False)))
-        assert (batch["langs"][batch["attention_ids"] > 0] == LANGUAGES.index(language)).all()
-        logits = model.apply({"params": params}, batch["inputs"], batch["langs"],
-                             batch["positions"], batch["attention_ids"])
+        assert (batch["langs"][batch["segment_ids"] > 0] == LANGUAGES.index(language)).all()
+        logits = model.apply({"params": params}, batch)
         predictions = np.asarray(jax.numpy.argmax(logits["classification_logits"], axis=-1))
         name = "accuracy" if language == "en" else f"accuracy_{language}"
         assert evals[2][name] == pytest.approx(accuracy_score(LABELS, predictions)), language

@@ -62,7 +62,7 @@ def test_rows_are_the_document_and_its_noised_version(config, stdlib_tokenizer):
     truncated = 0
     for batch_number, batch in enumerate(rows):
         assert {k: v.shape for k, v in batch.items()} == {
-            k: (8, SEQ_LEN) for k in ("inputs", "input_mask", "decoder_inputs", "targets",
+            k: (8, SEQ_LEN) for k in ("inputs", "segment_ids", "decoder_inputs", "targets",
                                       "target_mask")}
         for row in range(8):
             index = batch_number * 8 + row  # unshuffled: row i is document i
@@ -78,7 +78,7 @@ def test_rows_are_the_document_and_its_noised_version(config, stdlib_tokenizer):
             np.testing.assert_array_equal(batch["decoder_inputs"][row],
                                           [tok.eos_id, *batch["targets"][row, :-1]])
             # The source is add_noise of the same sentences with the row's (seed, index) rng.
-            source_length = int(batch["input_mask"][row].sum())
+            source_length = int(batch["segment_ids"][row].sum())
             source = batch["inputs"][row, :source_length]
             assert np.all(batch["inputs"][row, source_length:] == tok.pad_id)
             expected = add_noise(sentences, np.random.default_rng([shuffle_seed(config), index]),
@@ -109,7 +109,7 @@ def test_rows_follow_config_noise_and_seed(config, stdlib_tokenizer):
     config.noise.infill_rate, config.noise.permute_sentences = 0.0, False  # no noise
     clean = _batches(config, stdlib_tokenizer, 1, shuffle=False, repeat=False)[0]
     np.testing.assert_array_equal(clean["inputs"], clean["targets"])
-    np.testing.assert_array_equal(clean["input_mask"], clean["target_mask"])
+    np.testing.assert_array_equal(clean["segment_ids"], clean["target_mask"])
 
 
 def test_iterator_resumes_exactly(config, stdlib_tokenizer):
@@ -131,13 +131,12 @@ def test_loss_is_cross_entropy_over_real_target_tokens(config, stdlib_tokenizer)
                                    max_len=SEQ_LEN, activation="gelu"),
                  num_decoder_layers=2)
     params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0),
-                                               *model.example_inputs(SEQ_LEN))["params"])
+                                               model.example_batch(SEQ_LEN))["params"])
 
     @jax.jit
     def loss_and_logits(params, batch):
         return denoising_loss_fn(model, params, batch, None, True), model.apply(
-            {"params": params}, batch["inputs"], batch["decoder_inputs"],
-            input_ids_mask=batch["input_mask"], decoder_mask=batch["target_mask"])
+            {"params": params}, {**batch, "decoder_segment_ids": batch["target_mask"]})
 
     sums, logits = jax.device_get(loss_and_logits(params, batch))
     logits = logits.astype(np.float64)

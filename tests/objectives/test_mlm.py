@@ -54,7 +54,7 @@ def test_train_steps_on_pipeline_batches_lower_the_loss(stdlib_data_dir, stdlib_
                                    d_model=32, num_heads=4, d_ff=64, max_len=32,
                                    activation="gelu", layer_norm_eps=1e-12))
     tx = optimizer.make_optimizer(config.optim, num_steps=10)
-    params = nn.meta.unbox(model.init(jax.random.key(0), *model.example_inputs(32))["params"])
+    params = nn.meta.unbox(model.init(jax.random.key(0), model.example_batch(32))["params"])
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                              opt_state=tx.init(params))
     # Two micro-batches: per-example NSP labels [batch] split like the token rows.

@@ -54,10 +54,10 @@ def test_tlm_rows_reset_positions_and_tag_languages_per_sentence(tlm_rows, stdli
     assert tlm_rows["inputs"].shape[1] == SEQ_LEN  # no row over seq_len
     first_languages = set()
     for row in range(len(tlm_rows["inputs"])):
-        length = int(tlm_rows["attention_ids"][row].sum())
-        assert tlm_rows["attention_ids"][row, :length].all()
-        assert not tlm_rows["attention_ids"][row, length:].any()
-        starts = _second_sentence_starts(tlm_rows["positions"][row], tlm_rows["attention_ids"][row])
+        length = int(tlm_rows["segment_ids"][row].sum())
+        assert tlm_rows["segment_ids"][row, :length].all()
+        assert not tlm_rows["segment_ids"][row, length:].any()
+        starts = _second_sentence_starts(tlm_rows["positions"][row], tlm_rows["segment_ids"][row])
         assert len(starts) == 1, "positions restart exactly once, where the second sentence starts"
         b = starts[0]
         np.testing.assert_array_equal(tlm_rows["positions"][row, :b], np.arange(b))
@@ -81,8 +81,8 @@ def test_tlm_masks_15_percent_of_both_sentences(tlm_rows, stdlib_tokenizer):
         chosen = maskable = 0
         for row in range(len(tlm_rows["inputs"])):
             b = _second_sentence_starts(tlm_rows["positions"][row],
-                                        tlm_rows["attention_ids"][row])[0]
-            length = int(tlm_rows["attention_ids"][row].sum())
+                                        tlm_rows["segment_ids"][row])[0]
+            length = int(tlm_rows["segment_ids"][row].sum())
             part = slice(0, b) if half == 0 else slice(b, length)
             labels = tlm_rows["mlm_labels"][row, part]
             original = np.where(labels >= 0, labels, tlm_rows["inputs"][row, part])
@@ -98,13 +98,12 @@ def test_tlm_attention_is_bidirectional_over_both_sentences(tlm_rows, stdlib_dat
     config.model.num_layers, config.model.d_model, config.model.d_ff = 1, 32, 64
     model = build_model(config.model, stdlib_tokenizer.vocab_size)
     batch = {k: jnp.asarray(v[:1]) for k, v in tlm_rows.items()}
-    params = model.init(jax.random.key(0), batch["inputs"], batch["langs"])["params"]
+    params = model.init(jax.random.key(0), batch)["params"]
 
     def logits(inputs):
-        return model.apply({"params": params}, inputs, batch["langs"], batch["positions"],
-                           batch["attention_ids"])
+        return model.apply({"params": params}, {**batch, "inputs": inputs})["logits"]
 
-    b = _second_sentence_starts(tlm_rows["positions"][0], tlm_rows["attention_ids"][0])[0]
+    b = _second_sentence_starts(tlm_rows["positions"][0], tlm_rows["segment_ids"][0])[0]
     changed = batch["inputs"].at[0, b + 1].set((batch["inputs"][0, b + 1] + 7) % 1000)
     # A token of B changes the outputs over A, and a token of A those over B.
     assert not np.allclose(logits(batch["inputs"])[0, 1], logits(changed)[0, 1])
@@ -138,9 +137,9 @@ def test_xlm_mlm_masks_15_percent_never_specials_and_is_deterministic(stdlib_dat
     np.testing.assert_allclose((labels >= 0).sum() / maskable.sum(), 0.15, atol=0.01)
     assert (inputs == stdlib_tokenizer.mask_id).sum() > 0.7 * (labels >= 0).sum()
     # Both languages are sampled; a stream row is one language, attended to as a whole.
-    assert set(np.unique(rows["langs"][rows["attention_ids"] == 1])) == {0, 1}
+    assert set(np.unique(rows["langs"][rows["segment_ids"] == 1])) == {0, 1}
     for row in range(len(inputs)):
-        assert len(set(rows["langs"][row][rows["attention_ids"][row] == 1])) == 1
+        assert len(set(rows["langs"][row][rows["segment_ids"][row] == 1])) == 1
     np.testing.assert_array_equal(rows["positions"][0], np.arange(SEQ_LEN))
     again = _rows(xlm_mlm_dataset(config, stdlib_tokenizer, "train"), 10)
     for key in rows:

@@ -66,13 +66,13 @@ def test_scanned_stack_equals_unrolled_blocks(arch, stdlib_data_dir, stdlib_toke
     scanned_config = tiny_config(arch, stdlib_data_dir, stdlib_tokenizer, scan_layers=True)
     unrolled = models.build_model(unrolled_config.model, unrolled_config.model.vocab_size)
     scanned = models.build_model(scanned_config.model, scanned_config.model.vocab_size)
-    inputs = unrolled.example_inputs(16)
-    params = nn.meta.unbox(unrolled.init(jax.random.key(0), *inputs)["params"])
+    batch = unrolled.example_batch(16)
+    params = nn.meta.unbox(unrolled.init(jax.random.key(0), batch)["params"])
     stacked = stack_layers(params)
 
     # The scanned model's own parameters have the stacked tree's shapes, with a leading
     # 'layers' axis on every block parameter, and unstack to the unrolled tree.
-    boxed = jax.eval_shape(scanned.init, jax.random.key(0), *inputs)["params"]
+    boxed = jax.eval_shape(scanned.init, jax.random.key(0), batch)["params"]
     shapes = jax.tree.map(lambda leaf: leaf.shape, nn.meta.unbox(boxed))
     assert shapes == jax.tree.map(np.shape, stacked)
     block_names = [leaf.names for path, leaf in jax.tree_util.tree_leaves_with_path(
@@ -81,8 +81,8 @@ def test_scanned_stack_equals_unrolled_blocks(arch, stdlib_data_dir, stdlib_toke
     assert block_names and all(names[0] == "layers" for names in block_names)
     assert jax.tree.all(jax.tree.map(np.array_equal, unstack_layers(stacked), params))
 
-    expected = unrolled.apply({"params": params}, *inputs)
-    actual = scanned.apply({"params": stacked}, *inputs)
+    expected = unrolled.apply({"params": params}, batch)
+    actual = scanned.apply({"params": stacked}, batch)
     for want, got in zip(jax.tree.leaves(expected), jax.tree.leaves(actual)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -106,7 +106,7 @@ def test_scanned_model_generates_as_unrolled(arch, num_beams, stdlib_data_dir,
     configs = [tiny_config(arch, stdlib_data_dir, stdlib_tokenizer, scan_layers=scan)
                for scan in (False, True)]
     unrolled, scanned = (models.build_model(c.model, c.model.vocab_size) for c in configs)
-    params = nn.meta.unbox(unrolled.init(jax.random.key(0), *unrolled.example_inputs(8))[
+    params = nn.meta.unbox(unrolled.init(jax.random.key(0), unrolled.example_batch(8))[
         "params"])
     prompts = [[5, 6, 7, 8], [9, 10]]
     options = GenerationOptions(max_new_tokens=6, num_beams=num_beams)

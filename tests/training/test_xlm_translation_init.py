@@ -66,7 +66,7 @@ def test_both_stacks_start_from_the_pretrained_xlm(pretrained):
     config.model.encoder_decoder = True
     model = models.build_model(config.model, config.model.vocab_size)
     fresh = _flat(nn.meta.unbox(model.init(jax.random.key(7),
-                                           *model.example_inputs(8))["params"]))
+                                           model.example_batch(8))["params"]))
     merged, new, dropped = init_from.merge_pretrained(
         config, traverse_util.unflatten_dict(fresh, sep="/"), str(pretrained))
     merged = _flat(merged)
