@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from textgen_jax.models import hf as hf_lib
 from textgen_jax.models.heads import ClassificationHead, gather_positions
 from textgen_jax.models.layers import (MLP, REMAT_POLICIES, Embed, LayerNorm, MultiHeadAttention,
                                        TransformerBlock, TransformerConfig, attention_mask,
@@ -221,6 +223,8 @@ class BartSpec(ArchitectureSpec):
     kind = ENCODER_DECODER
     batch_keys = ("inputs", "segment_ids", "decoder_inputs", "decoder_segment_ids",
                   "extract_positions")
+    hf_model_type, hf_class = "bart", "BartForConditionalGeneration"
+    hf_base_prefix = "model."
 
     def build(self, vocab_size: int) -> Bart:
         m = self.model_config
@@ -232,3 +236,34 @@ class BartSpec(ArchitectureSpec):
         if has_b:
             return [tokenizer.bos_id], [eos, eos], [eos]
         return [tokenizer.bos_id], [eos], []
+
+    @staticmethod
+    def model_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+        for ours, theirs in (("encoder_ffn_dim", "decoder_ffn_dim"),
+                             ("encoder_attention_heads", "decoder_attention_heads")):
+            if hf[ours] != hf[theirs]:
+                raise ValueError(f"config.json has {ours}={hf[ours]} and {theirs}={hf[theirs]}; "
+                                 "only equal encoder and decoder widths are supported.")
+        hf_lib.require(hf, "add_final_layer_norm", False, "BART's post-LN stacks (not mBART)")
+        hf_lib.require(hf, "normalize_before", False, "BART's post-LN stacks (not mBART)")
+        return dict(num_layers=hf["encoder_layers"], num_decoder_layers=hf["decoder_layers"],
+                    d_model=hf["d_model"], num_heads=hf["encoder_attention_heads"],
+                    d_ff=hf["encoder_ffn_dim"], max_len=hf["max_position_embeddings"],
+                    dropout=hf.get("dropout", 0.1),
+                    attention_dropout=hf.get("attention_dropout", 0.0),
+                    layer_norm_eps=1e-5, init_std=hf.get("init_std", 0.02),
+                    activation=hf_lib.activation_from_hf(hf.get("activation_function", "gelu"),
+                                                         "bart"),
+                    scale_embedding=bool(hf.get("scale_embedding", False)))
+
+    def hf_config(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        m = config.model
+        return dict(encoder_layers=m.num_layers,
+                    decoder_layers=m.num_decoder_layers or m.num_layers,
+                    d_model=m.d_model, encoder_attention_heads=m.num_heads,
+                    decoder_attention_heads=m.num_heads, encoder_ffn_dim=m.d_ff,
+                    decoder_ffn_dim=m.d_ff, max_position_embeddings=m.max_len,
+                    dropout=m.dropout, attention_dropout=m.attention_dropout,
+                    activation_dropout=0.0, init_std=m.init_std,
+                    activation_function=hf_lib.activation_to_hf(m.activation),
+                    scale_embedding=bool(m.scale_embedding), is_encoder_decoder=True)

@@ -10,12 +10,14 @@ implementation does. Names map onto Hugging Face's BertForPreTraining (tests/mod
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from textgen_jax.models import hf as hf_lib
 from textgen_jax.models.heads import classifier, token_head_outputs
 from textgen_jax.models.layers import (DenseGeneral, Embed, LayerNorm, TransformerBlock,
                                        TransformerConfig, activation_fn, attention_mask,
@@ -123,6 +125,10 @@ class BertSpec(ArchitectureSpec):
     name = "bert"
     kind = Bert.kind
     batch_keys = ("inputs", "segment_ids", "positions", "token_types")
+    hf_model_type, hf_class, hf_base_prefix = "bert", "BertForPreTraining", "bert."
+    hf_optional_heads = ("pooler/", "nsp/", "mlm/", "classifier/", "qa_outputs/")
+    hf_head_classes = {"token_classification": "BertForTokenClassification",
+                       "question_answering": "BertForQuestionAnswering"}
 
     def build(self, vocab_size: int) -> Bert:
         m = self.model_config
@@ -130,3 +136,30 @@ class BertSpec(ArchitectureSpec):
 
     def pair_layout(self, tokenizer, has_b: bool) -> tuple[list[int], list[int], list[int]]:
         return [tokenizer.cls_id], [tokenizer.sep_id], [tokenizer.sep_id] if has_b else []
+
+    @staticmethod
+    def model_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+        hf_lib.require(hf, "position_embedding_type", "absolute", "BERT's learned positions")
+        hf_lib.require(hf, "type_vocab_size", 2, "segments A and B")
+        return dict(num_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"],
+                    num_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
+                    max_len=hf["max_position_embeddings"],
+                    dropout=hf.get("hidden_dropout_prob", 0.1),
+                    attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+                    layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+                    init_std=hf.get("initializer_range", 0.02),
+                    activation=hf_lib.activation_from_hf(hf.get("hidden_act", "gelu"), "bert"),
+                    num_labels=hf_lib.num_labels(hf) if hf_lib.is_classifier(hf) else 0)
+
+    def hf_config(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        m = config.model
+        hf = dict(num_hidden_layers=m.num_layers, hidden_size=m.d_model,
+                  num_attention_heads=m.num_heads, intermediate_size=m.d_ff,
+                  max_position_embeddings=m.max_len, hidden_dropout_prob=m.dropout,
+                  attention_probs_dropout_prob=m.attention_dropout,
+                  layer_norm_eps=m.layer_norm_eps, initializer_range=m.init_std,
+                  hidden_act=hf_lib.activation_to_hf(m.activation), type_vocab_size=2)
+        if m.num_labels and not m.head:
+            # An imported id2label of that size is kept.
+            hf.update(architectures=["BertForSequenceClassification"], num_labels=m.num_labels)
+        return hf

@@ -7,13 +7,15 @@ the token embedding. Packed documents stay apart through segment ids (0 = paddin
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from textgen_jax.models import hf as hf_lib
 from textgen_jax.models.heads import classifier, gather_positions
 from textgen_jax.models.layers import (Embed, LayerNorm, TransformerBlock, TransformerConfig,
                                        attention_mask, cached_attention_mask, layer_stack)
@@ -93,6 +95,7 @@ class DecoderSpec(ArchitectureSpec):
     module: ClassVar[type[DecoderLM]]
     batch_keys = ("inputs", "segment_ids", "positions", "extract_positions")
     kind = DECODER
+    hf_base_prefix = "transformer."
 
     def build(self, vocab_size: int) -> DecoderLM:
         return self.module(self.transformer_config(vocab_size),
@@ -102,3 +105,23 @@ class DecoderSpec(ArchitectureSpec):
         if has_b:
             return [tokenizer.bos_id], [tokenizer.sep_id], [tokenizer.eos_id]
         return [tokenizer.bos_id], [tokenizer.eos_id], []
+
+    @staticmethod
+    def _model_config_from_hf(hf: Mapping[str, Any], d_ff: int,
+                              activation: str) -> dict[str, Any]:
+        """The leaves GPT's and GPT-2's config.json spell alike."""
+        return dict(num_layers=hf["n_layer"], d_model=hf["n_embd"], num_heads=hf["n_head"],
+                    d_ff=d_ff, max_len=hf["n_positions"], dropout=hf.get("resid_pdrop", 0.1),
+                    attention_dropout=hf.get("attn_pdrop", 0.1),
+                    layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                    init_std=hf.get("initializer_range", 0.02), activation=activation)
+
+    def hf_config(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        m = config.model
+        hf_lib.check_export(m.activation == "gelu_tanh",
+                            f"config.model.activation={m.activation!r}",
+                            "GPT and GPT-2 use the tanh GELU")
+        return dict(n_layer=m.num_layers, n_embd=m.d_model, n_head=m.num_heads,
+                    n_positions=m.max_len, resid_pdrop=m.dropout, embd_pdrop=m.dropout,
+                    attn_pdrop=m.attention_dropout, layer_norm_epsilon=m.layer_norm_eps,
+                    initializer_range=m.init_std)

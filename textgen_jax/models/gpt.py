@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from textgen_jax.models import hf as hf_lib
 from textgen_jax.models.decoder import DecoderLM, DecoderSpec
 
 
@@ -17,3 +23,15 @@ class GPT(DecoderLM):
 class GPTSpec(DecoderSpec):
     name = "gpt"
     module = GPT
+    hf_model_type, hf_class = "openai-gpt", "OpenAIGPTLMHeadModel"
+
+    @staticmethod
+    def model_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+        return DecoderSpec._model_config_from_hf(
+            hf, 4 * hf["n_embd"], hf_lib.activation_from_hf(hf.get("afn", "gelu"), "openai-gpt"))
+
+    def hf_config(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        m = config.model
+        hf_lib.check_export(m.d_ff == 4 * m.d_model, f"config.model.d_ff={m.d_ff}",
+                            "openai-gpt's ffn is 4 * d_model")
+        return {**super().hf_config(config), "afn": "gelu"}

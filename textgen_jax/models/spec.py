@@ -49,6 +49,15 @@ class ArchitectureSpec:
     """One architecture as the rest of the stack sees it; subclasses live beside their model."""
 
     name: ClassVar[str]
+    # Hugging Face: config.json's model_type, the class we import from and export to, their
+    # base model's prefix (absent from headless checkpoints), our heads that a checkpoint of
+    # another head class lacks ('/'-joined path prefixes; initialised and reported), and the
+    # classes of our per-token heads (config.model.head -> class).
+    hf_model_type: ClassVar[str]
+    hf_class: ClassVar[str]
+    hf_base_prefix: ClassVar[str]
+    hf_optional_heads: ClassVar[tuple[str, ...]] = ()
+    hf_head_classes: ClassVar[dict[str, str]] = {}
     # The batch keys (MODEL_KEYS) the model reads; rows built for it keep only these.
     batch_keys: ClassVar[tuple[str, ...]]
     # Whether batches carry language ids (XLM): decoding and fill-mask take a language then.
@@ -109,6 +118,27 @@ class ArchitectureSpec:
         on each side."""
         before, between, _ = self.pair_layout(tokenizer, has_b=False)
         return [*before, *ids, *between]
+
+    # ---- Hugging Face configs ------------------------------------------------------------------
+
+    @staticmethod
+    def model_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+        """Our config.model leaves (besides arch, vocab_size and head) from their config.json
+        dict; ValueError for a variant we cannot run exactly."""
+        raise NotImplementedError
+
+    def hf_config(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        """Their config.json keys (besides model_type, architectures and vocab_size) for our
+        config; ValueError for what transformers cannot express."""
+        raise NotImplementedError
+
+    def update_config_from_hf(self, config: ml_collections.ConfigDict,
+                              hf: Mapping[str, Any]) -> None:
+        """Sets what config.json says beyond config.model (XLM: its languages)."""
+
+    def hf_extra_tensors(self) -> dict[str, Any]:
+        """Their state-dict tensors that are no parameter of ours (XLM's fixed sinusoids)."""
+        return {}
 
     # ---- sizes and surgery --------------------------------------------------------------------
 

@@ -19,13 +19,15 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from textgen_jax.config import ConfigError
+from textgen_jax.models import hf as hf_lib
 from textgen_jax.models.bart import DecoderBlock
 from textgen_jax.models.layers import (TransformerBlock, TransformerConfig, attention_mask,
                                        cached_attention_mask, layer_stack)
 from textgen_jax.models.spec import DECODER, ENCODER, ENCODER_DECODER, ArchitectureSpec
-from textgen_jax.models.xlm import Xlm, embed_tokens, output_logits
+from textgen_jax.models.xlm import Xlm, embed_tokens, output_logits, sinusoidal_position_table
 
 
 class XlmStack(nn.Module):
@@ -153,6 +155,10 @@ class XlmSpec(ArchitectureSpec):
 
     name = "xlm"
     uses_languages = True
+    hf_model_type, hf_class, hf_base_prefix = "xlm", "XLMWithLMHeadModel", "transformer."
+    hf_optional_heads = ("output_bias",)
+    hf_head_classes = {"token_classification": "XLMForTokenClassification",
+                       "question_answering": "XLMForQuestionAnsweringSimple"}
 
     @property
     def kind(self) -> str:
@@ -192,6 +198,55 @@ class XlmSpec(ArchitectureSpec):
 
     def masked_text_ids(self, tokenizer, ids: Sequence[int]) -> list[int]:
         return [tokenizer.eos_id, *ids, tokenizer.eos_id]
+
+    @staticmethod
+    def model_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+        d = hf["emb_dim"]
+        hf_lib.require(hf, "asm", False, "a full softmax output layer")
+        num_languages = hf.get("n_langs", 1)
+        if num_languages > 1 and not hf.get("use_lang_emb", True):
+            raise ValueError(f"config.json has n_langs={num_languages} with use_lang_emb=False; "
+                             "only XLMs with language embeddings (or one language) are supported.")
+        if not hf.get("gelu_activation", True):
+            raise ValueError("config.json has gelu_activation=False (ReLU); only GELU XLMs are "
+                             "supported.")
+        return dict(num_layers=hf["n_layers"], d_model=d, num_heads=hf["n_heads"], d_ff=4 * d,
+                    max_len=hf["max_position_embeddings"], dropout=hf.get("dropout", 0.1),
+                    attention_dropout=hf.get("attention_dropout", 0.1),
+                    layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+                    init_std=hf.get("embed_init_std", d ** -0.5), activation="gelu",
+                    num_languages=num_languages,
+                    sinusoidal_positions=bool(hf.get("sinusoidal_embeddings", False)),
+                    causal=bool(hf.get("causal", False)))
+
+    def hf_config(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        m = config.model
+        hf_lib.check_export(m.d_ff == 4 * m.d_model, f"config.model.d_ff={m.d_ff}",
+                            "transformers' XLM has an ffn of 4 * emb_dim")
+        hf = dict(n_layers=m.num_layers, emb_dim=m.d_model, n_heads=m.num_heads,
+                  max_position_embeddings=m.max_len, dropout=m.dropout,
+                  attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps,
+                  embed_init_std=m.init_std, gelu_activation=True,
+                  sinusoidal_embeddings=bool(m.sinusoidal_positions), causal=bool(m.causal),
+                  n_langs=m.num_languages, use_lang_emb=True, asm=False)
+        languages = tuple(config.data.languages)
+        if len(languages) == m.num_languages:
+            hf.update(lang2id={lang: i for i, lang in enumerate(languages)},
+                      id2lang={i: lang for i, lang in enumerate(languages)})
+        return hf
+
+    def update_config_from_hf(self, config: ml_collections.ConfigDict,
+                              hf: Mapping[str, Any]) -> None:
+        if "lang2id" in hf and config.model.num_languages > 1:
+            languages = tuple(sorted(hf["lang2id"], key=hf["lang2id"].get))
+            config.data.languages = config.tokenizer.languages = languages
+
+    def hf_extra_tensors(self) -> dict[str, Any]:
+        m = self.model_config
+        if not m.sinusoidal_positions:
+            return {}
+        return {"transformer.position_embeddings.weight": sinusoidal_position_table(
+            m.max_len, m.d_model)}
 
     def params_from(self, pretrained: ArchitectureSpec, params: dict[str, Any],
                     init_from: str) -> dict[str, Any]:
