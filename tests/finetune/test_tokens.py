@@ -159,4 +159,4 @@ def test_a_model_without_the_tasks_head_is_an_error():
                                           "config.task.name='glue/sst2' is classification"):
         finetune_objective(_task_config("glue/sst2", "bert", "question_answering", 2))
     with pytest.raises(ValueError, match="config.model.head='qa': use '' .* or one of"):
-        Bert(CFG, head="qa").init(jax.random.key(0), *Bert(CFG).example_batch(4))
+        Bert(CFG, head="qa").init(jax.random.key(0), Bert(CFG).example_batch(4))
