@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import pytest
 
 import textgen_jax
@@ -20,7 +19,7 @@ def loaded(stdlib_tokenizer):
     config.model.update(arch="gpt2", num_layers=2, d_model=32, num_heads=4, d_ff=64, max_len=24,
                         dtype="float32")
     model = build_model(config.model, stdlib_tokenizer.vocab_size)
-    params = nn.meta.unbox(model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"])
+    params = nn.meta.unbox(model.init(jax.random.key(0), model.example_batch(8))["params"])
     params = jax.tree.map(lambda p: 8 * p, params)  # sharper than init: varied greedy tokens
     return textgen_jax.Loaded(model, params, stdlib_tokenizer, config)
 

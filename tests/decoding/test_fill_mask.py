@@ -73,13 +73,13 @@ def test_bert_is_framed_with_cls_and_sep_and_a_decoder_is_refused(stdlib_tokeniz
     config.model.arch = "bert"
     config.model.num_layers, config.model.d_model, config.model.d_ff = 1, 32, 64
     model = build_model(config.model, stdlib_tokenizer.vocab_size)
-    params = model.init(jax.random.key(0), *model.example_inputs(8))["params"]
+    params = model.init(jax.random.key(0), model.example_batch(8))["params"]
     loaded = Loaded(model, params, stdlib_tokenizer, config)
     fillers = fill_mask(loaded, "Return <mask>.", top_k=2)
     assert len(fillers) == 1 and len(fillers[0]) == 2
 
     config.model.arch = "gpt2"
     gpt2 = build_model(config.model, stdlib_tokenizer.vocab_size)
-    gpt2_params = gpt2.init(jax.random.key(0), *gpt2.example_inputs(8))["params"]
+    gpt2_params = gpt2.init(jax.random.key(0), gpt2.example_batch(8))["params"]
     with pytest.raises(ValueError, match="has no masked-LM head"):
         fill_mask(Loaded(gpt2, gpt2_params, stdlib_tokenizer, config), "Return <mask>.")

@@ -120,12 +120,14 @@ def _full_logits(model, params, prompts, generated):
     if isinstance(model, Bart):
         source = np.concatenate([_right_padded(ids, 8) for ids in prompts])
         targets = np.concatenate([_right_padded([2] + list(new)) for new in generated])
-        logits = _uncached(model, params, source, targets, (source != PAD).astype(np.int32))
+        logits = _uncached(model, params, {"inputs": source, "decoder_inputs": targets,
+                                           "segment_ids": (source != PAD).astype(np.int32)})
         return np.stack([logits[row, len(new)] for row, new in enumerate(generated)])
     rows = []
     for ids, new in zip(prompts, generated):
         tokens = list(ids) + list(new)
-        rows.append(_uncached(model, params, _right_padded(tokens))[0, len(tokens) - 1])
+        rows.append(_uncached(model, params, {"inputs": _right_padded(tokens)})[
+            0, len(tokens) - 1])
     return np.stack(rows)
 
 
@@ -134,8 +136,8 @@ def _right_padded(tokens, length=32):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _uncached(model, params, *inputs):
-    return model.apply({"params": params}, *inputs)
+def _uncached(model, params, batch):
+    return model.apply({"params": params}, batch)["logits"]
 
 
 @pytest.mark.parametrize("transpose_kernels", [False, True])
@@ -148,7 +150,7 @@ def test_cached_logits_equal_full_recomputation_at_every_step(name, transpose_ke
         source = np.full((3, width), PAD, np.int32)
         for row, ids in enumerate(PROMPTS):
             source[row, :len(ids)] = ids
-        batch = {"source": source, "source_mask": (source != PAD).astype(np.int32)}
+        batch = {"source": source, "source_segments": (source != PAD).astype(np.int32)}
     else:  # the prompts left-padded, each row with its own positions
         prompt = np.full((3, width), PAD, np.int32)
         for row, ids in enumerate(PROMPTS):

@@ -9,7 +9,6 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
     import ml_collections
 
     from textgen_jax.decoding import GenerationOptions, generate_ids
@@ -20,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8
     model = GPT2(TransformerConfig(vocab_size=96, num_layers=2, d_model=32, num_heads=4,
                                    d_ff=64, max_len=32))
-    boxed = model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    boxed = model.init(jax.random.key(0), model.example_batch(8))["params"]
     params = jax.tree.map(lambda p: 8 * p, nn.meta.unbox(boxed))  # sharp: varied tokens
     mesh = partitioning.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=4, tensor=2)))
     sharded = jax.device_put(params, partitioning.logical_shardings(boxed, mesh))

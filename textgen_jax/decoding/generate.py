@@ -222,7 +222,9 @@ class _EncoderDecoder:
         return self._decode(params, state, batch, tokens[:, None], None)
 
     def _decode(self, params, state, batch, tokens, encoded):
-        target_language = {"language": batch["target_language"]}
+        # Only a model with language ids reads 'target_language' (as `_language_ids` does).
+        target_language = ({"language": batch["target_language"]}
+                           if self.model.uses_languages else {})
         inputs = {"decoder_inputs": tokens, "segment_ids": batch["source_segments"],
                   **_language_ids(self.model, "decoder_langs", target_language, tokens)}
         outputs, updated = self.model.apply({"params": params, **state}, inputs, encoded,
