@@ -124,7 +124,7 @@ def jax_model(case: dict, dtype: str = "float32"):
     c.model.arch, c.model.dtype = case["arch"], dtype
     model = build_model(c.model, case["vocab"])
     params = jax.jit(lambda: jax.tree.map(lambda p: p.astype(dtype), nn.meta.unbox(
-        model.init(jax.random.key(SEED), *model.example_inputs(8))["params"])))()
+        model.init(jax.random.key(SEED), model.example_batch(8))["params"])))()
     return model, params, sum(p.size for p in jax.tree.leaves(params))
 
 

@@ -37,7 +37,7 @@ def test_greedy_generate_equals_argmax_of_the_restored_model(trained):
     model, params, tokenizer, _ = textgen_jax.load(str(trained))
     ids = [tokenizer.bos_id] + tokenizer.encode("Return the")
     for _ in range(6):  # greedy by full recomputation, one token at a time
-        logits = model.apply({"params": params}, jnp.asarray([ids]))
+        logits = model.apply({"params": params}, {"inputs": jnp.asarray([ids])})["logits"]
         ids.append(int(jnp.argmax(logits[0, -1])))
     assert lines == tokenizer.decode(ids[1:]) + "\n"
 

@@ -65,8 +65,8 @@ def _decoder_case(hf_model, model, params, vocab, length):
     mask = _padding(length)
     with torch.no_grad():
         theirs = {"lm": hf_model(input_ids=_long(inputs), attention_mask=_long(mask)).logits.numpy()}
-    ours = {"lm": np.asarray(model.apply({"params": params}, jnp.asarray(inputs),
-                                         jnp.asarray(mask)))}
+    ours = {"lm": np.asarray(model.apply({"params": params}, {
+        "inputs": jnp.asarray(inputs), "segment_ids": jnp.asarray(mask)})["logits"])}
     return ours, theirs, mask
 
 
@@ -80,9 +80,10 @@ def _bert_case(hf_model, model, params, vocab, length):
     with torch.no_grad():
         out = hf_model(input_ids=_long(inputs), token_type_ids=_long(token_types),
                        attention_mask=_long(mask))
-    out_ours = model.apply({"params": params}, jnp.asarray(inputs), jnp.asarray(token_types),
-                           attention_ids=jnp.asarray(mask))
-    ours, theirs = {"mlm": np.asarray(out_ours["mlm_logits"])}, {}
+    out_ours = model.apply({"params": params}, {"inputs": jnp.asarray(inputs),
+                                                "token_types": jnp.asarray(token_types),
+                                                "segment_ids": jnp.asarray(mask)})
+    ours, theirs = {"mlm": np.asarray(out_ours["logits"])}, {}
     if hasattr(hf_model, "classifier") or hasattr(hf_model, "qa_outputs"):
         ours, theirs = _head_logits(hf_model, out, out_ours)
     elif hasattr(out, "prediction_logits"):
@@ -102,11 +103,12 @@ def _xlm_case(hf_model, model, params, vocab, length):
     langs = rng.integers(0, num_languages, (BATCH, length)).astype(np.int32)
     with torch.no_grad():
         out = hf_model(input_ids=_long(inputs), attention_mask=_long(mask), langs=_long(langs))
-    out_ours = model.apply({"params": params}, jnp.asarray(inputs), jnp.asarray(langs),
-                           attention_ids=jnp.asarray(mask))
-    if isinstance(out_ours, dict):  # a fine-tuning head's outputs beside the LM logits
+    out_ours = model.apply({"params": params}, {"inputs": jnp.asarray(inputs),
+                                                "langs": jnp.asarray(langs),
+                                                "segment_ids": jnp.asarray(mask)})
+    if set(out_ours) - {"logits"}:  # a fine-tuning head's outputs beside the LM logits
         return (*_head_logits(hf_model, out, out_ours), mask)
-    return {"lm": np.asarray(out_ours)}, {"lm": out.logits.numpy()}, mask
+    return {"lm": np.asarray(out_ours["logits"])}, {"lm": out.logits.numpy()}, mask
 
 
 def _head_logits(hf_model, out, out_ours) -> tuple[dict, dict]:
@@ -128,10 +130,10 @@ def _bart_case(hf_model, model, params, vocab, length):
         theirs = {"lm": hf_model(input_ids=_long(inputs), attention_mask=_long(source_mask),
                                  decoder_input_ids=_long(decoder_inputs),
                                  decoder_attention_mask=_long(target_mask)).logits.numpy()}
-    ours = {"lm": np.asarray(model.apply({"params": params}, jnp.asarray(inputs),
-                                         jnp.asarray(decoder_inputs),
-                                         input_ids_mask=jnp.asarray(source_mask),
-                                         decoder_mask=jnp.asarray(target_mask)))}
+    ours = {"lm": np.asarray(model.apply({"params": params}, {
+        "inputs": jnp.asarray(inputs), "decoder_inputs": jnp.asarray(decoder_inputs),
+        "segment_ids": jnp.asarray(source_mask),
+        "decoder_segment_ids": jnp.asarray(target_mask)})["logits"])}
     return ours, theirs, target_mask
 
 

@@ -100,7 +100,8 @@ def test_import_generate_train_and_export(hf_gpt2, stdlib_data_dir, tmp_path):
     with torch.no_grad():
         theirs = reloaded(torch.from_numpy(tokens)).logits.numpy()
         before = hf_model(torch.from_numpy(tokens)).logits.numpy()
-    ours_logits = np.asarray(loaded.model.apply({"params": loaded.params}, tokens))
+    ours_logits = np.asarray(loaded.model.apply({"params": loaded.params},
+                                                {"inputs": tokens})["logits"])
     np.testing.assert_allclose(theirs, ours_logits, atol=1e-4)
     assert np.abs(theirs - before).max() > 1e-3, "the exported params are the trained ones"
 

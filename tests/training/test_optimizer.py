@@ -67,7 +67,7 @@ def test_weight_decay_shrinks_kernels_only():
                                          weight_decay=weight_decay), 10)
     model = models.build_model(config.model, VOCAB)
     shapes = nn.meta.unbox(jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]))
+        lambda: model.init(jax.random.key(0), model.example_batch(8))["params"]))
     params = jax.tree.map(lambda s: jnp.full(s.shape, 2.0, jnp.float32), shapes)
 
     @jax.jit
@@ -193,8 +193,8 @@ def test_train_step_reports_the_mean_loss_and_its_unclipped_gradient_norm(accumu
     model, initial_params, batch, runs = accumulation_runs
 
     def mean_loss(params):
-        logits = model.apply({"params": params}, batch["inputs"], batch["segment_ids"],
-                             batch["positions"])
+        logits = model.apply({"params": params}, {key: batch[key] for key in (
+            "inputs", "segment_ids", "positions")})["logits"]
         sums = causal_lm_loss(logits, batch["inputs"], batch["segment_ids"])
         return sums["loss"] / sums["tokens"], sums["tokens"]
 

@@ -52,7 +52,6 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import json, math
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
     from textgen_jax import models
     from textgen_jax.config import ConfigError, base_config
     from textgen_jax.training import partitioning
@@ -96,7 +95,7 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
         assert check(config, 1024) is None
         module = models.build_model(config.model, 1024)
         boxed = jax.eval_shape(lambda: module.init(jax.random.key(0),
-                                                   jnp.ones((1, 8), jnp.int32))["params"])
+                                                   module.example_batch(8))["params"])
         shardings = partitioning.logical_shardings(boxed, mesh)
         flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed))[0]
         out["shardings"][str(mesh_sizes)] = {

@@ -131,7 +131,7 @@ def test_scanned_checkpoint_exports_and_initialises_unrolled(tmp_path, tiny_run)
     loaded = textgen_jax.load(str(workdir))
     assert "blocks" in loaded.params and "block_0" not in loaded.params
     ids = np.array([[3, 14, 15, 92, 65, 35]], np.int32)
-    ours = np.asarray(loaded.model.apply({"params": loaded.params}, ids))
+    ours = np.asarray(loaded.model.apply({"params": loaded.params}, {"inputs": ids})["logits"])
 
     export_workdir(workdir, tmp_path / "hf")
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
