@@ -136,7 +136,7 @@ def test_loss_is_cross_entropy_over_real_target_tokens(config, stdlib_tokenizer)
     @jax.jit
     def loss_and_logits(params, batch):
         return denoising_loss_fn(model, params, batch, None, True), model.apply(
-            {"params": params}, {**batch, "decoder_segment_ids": batch["target_mask"]})
+            {"params": params}, {**batch, "decoder_segment_ids": batch["target_mask"]})["logits"]
 
     sums, logits = jax.device_get(loss_and_logits(params, batch))
     logits = logits.astype(np.float64)
