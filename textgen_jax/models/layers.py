@@ -69,7 +69,9 @@ DECODE_KERNELS = "decode_kernels"
 def transposed_kernels(params: Any, run: Callable[[], Any]) -> dict:
     """The DECODE_KERNELS collection for `run`: the kernel [in..., out...] of every DenseGeneral
     that `run` (an apply of the model to `params`, e.g. one decoding step) calls, transposed
-    to [out..., in...] at the same path. `run` is only traced abstractly to find them."""
+    to [out..., in...] at the same path. `run` is only traced abstractly to find them.
+    `params` may be boxed (nn.LogicallyPartitioned, as `init` returns them)."""
+    params = nn.meta.unbox(params)
     in_axes = {}
 
     def record(next_fun, args, kwargs, context):
