@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from textgen_jax import models
@@ -72,7 +71,7 @@ def test_config_survives_its_json_round_trip():
 def _parameter_count(config) -> int:
     vocab = config.model.vocab_size or config.tokenizer.vocab_size
     model = models.build_model(config.model, vocab)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 8), jnp.int32))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), model.example_batch(8))
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
 
 
