@@ -18,9 +18,8 @@ from textgen_jax.models.xlm_seq2seq import XlmSpec
 
 SPECS: dict[str, type[ArchitectureSpec]] = {
     spec.name: spec for spec in (GPT2Spec, GPTSpec, BertSpec, XlmSpec, BartSpec)}
-ARCHITECTURES = tuple(SPECS)
 
-__all__ = ["ARCHITECTURES", "DECODER", "ENCODER", "ENCODER_DECODER", "MODEL_KEYS",
+__all__ = ["DECODER", "ENCODER", "ENCODER_DECODER", "MODEL_KEYS",
            "ArchitectureSpec", "build_model", "param_shapes", "spec_for"]
 
 

@@ -110,8 +110,9 @@ class ArchitectureSpec:
     def prompt_ids(self, tokenizer, ids: Sequence[int]) -> list[int]:
         """The token ids a prompt's text `ids` is fed as to `generate`: a decoder's document
         start, or an encoder-decoder's source as it was trained."""
-        return [tokenizer.bos_id, *ids, tokenizer.eos_id] if self.kind == ENCODER_DECODER else [
-            tokenizer.bos_id, *ids]
+        if self.kind == ENCODER_DECODER:
+            return [tokenizer.bos_id, *ids, tokenizer.eos_id]
+        return [tokenizer.bos_id, *ids]
 
     def masked_text_ids(self, tokenizer, ids: Sequence[int]) -> list[int]:
         """A text with <mask> tokens framed as the MLM head was trained (fill-mask): one token
