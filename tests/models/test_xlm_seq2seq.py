@@ -163,7 +163,7 @@ def test_cached_logits_equal_full_recomputation_at_every_step(built):
     width = 8
     source = _padded(SOURCES, width)
     batch = jax.tree.map(jnp.asarray, {
-        "source": source, "source_mask": (source != PAD).astype(np.int32),
+        "source": source, "source_segments": (source != PAD).astype(np.int32),
         "language": np.zeros(3, np.int32), "target_language": np.ones(3, np.int32)})
     steps = 10
     start = jax.jit(generator.start, static_argnums=2)
