@@ -21,6 +21,11 @@ RoBERTa; the optimisation here (Adam beta2 0.98, eps 1e-6, weight decay 0.01, li
 dropout 0.1) is RoBERTa's, at batch 256 sequences of 512 tokens, since the paper gives no
 learning rate. The objective is 'denoising' (the default for arch 'bart'); the decoder starts
 from eos, as the reference. Any leaf can be overridden: --config.noise.infill_rate=0.4.
+
+The decoder may have its own shape, as distilled summarisers do (transformers' BartConfig
+decoder_layers, decoder_attention_heads, decoder_ffn_dim; 0 = the encoder's):
+  --config.model.num_decoder_layers=1 --config.model.num_decoder_heads=2
+  --config.model.decoder_d_ff=512
 """
 
 import ml_collections

@@ -35,6 +35,9 @@ def test_base_config_is_valid():
 
 @pytest.mark.parametrize("key, value, fragments", [
     ("model.d_model", 130, ["config.model.d_model=130", "config.model.num_heads=4"]),
+    ("model.num_decoder_heads", 3, ["config.model.d_model=128",
+                                    "config.model.num_decoder_heads=3"]),
+    ("model.decoder_d_ff", -1, ["config.model.decoder_d_ff=-1"]),
     ("model.dtype", "float16", ["config.model.dtype='float16'"]),
     ("data.seq_len", 512, ["config.data.seq_len=512", "config.model.max_len=256"]),
     ("optim.decay", "step", ["config.optim.decay='step'"]),

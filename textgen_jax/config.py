@@ -39,7 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.init_std = 0.02
     c.model.activation = "gelu_tanh"  # gelu_tanh (GPT, GPT-2) | gelu (exact erf: BERT, XLM, BART)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
-    c.model.num_decoder_layers = 0  # encoder-decoders (BART): 0 = num_layers
+    # Encoder-decoders (BART, XLM's translation model): the decoder's own depth, heads and
+    # FFN width (0 = the encoder's num_layers, num_heads, d_ff), as transformers' BartConfig.
+    c.model.num_decoder_layers = 0
+    c.model.num_decoder_heads = 0
+    c.model.decoder_d_ff = 0
     # Rematerialisation of the transformer blocks: none | full (keep each block's input,
     # recompute the rest in the backward pass) | save_dots (also keep matmul outputs).
     c.model.remat = "none"
@@ -175,10 +179,18 @@ class ConfigError(ValueError):
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks values that do not depend on the devices; raises ConfigError."""
     m, d, o = config.model, config.data, config.optim
-    if m.d_model % m.num_heads:
-        raise ConfigError(
-            f"config.model.d_model={m.d_model} is not divisible by config.model.num_heads="
-            f"{m.num_heads}; pick num_heads dividing d_model.")
+    for key in ("num_heads", "num_decoder_heads"):
+        heads = m.get(key, 0)  # configs saved before num_decoder_heads lack it
+        if heads < 0 or (heads and m.d_model % heads):
+            raise ConfigError(
+                f"config.model.d_model={m.d_model} is not divisible by config.model.{key}="
+                f"{heads}; pick {key} dividing d_model.")
+    if m.num_heads == 0:
+        raise ConfigError("config.model.num_heads=0: use a positive head count.")
+    for key in ("num_decoder_layers", "decoder_d_ff"):
+        if m.get(key, 0) < 0:
+            raise ConfigError(f"config.model.{key}={m[key]}: use 0 (the encoder's) or a "
+                              "positive size.")
     if m.remat not in ("none", "full", "save_dots"):
         raise ConfigError(f"config.model.remat={m.remat!r}: use 'none', 'full' or 'save_dots'.")
     if m.dtype not in ("float32", "bfloat16"):

@@ -189,6 +189,12 @@ CASES = {
         encoder_attention_heads=5, decoder_attention_heads=5, encoder_ffn_dim=100,
         decoder_ffn_dim=100, max_position_embeddings=37, dropout=0.0, attention_dropout=0.0,
         activation_dropout=0.0, scale_embedding=True)), _bart_case, 101, 37),
+    # The decoder's own heads and FFN width (distilled summarisers vary them).
+    "bart_asymmetric": (lambda: transformers.BartForConditionalGeneration(transformers.BartConfig(
+        vocab_size=101, d_model=32, encoder_layers=3, decoder_layers=1,
+        encoder_attention_heads=4, decoder_attention_heads=2, encoder_ffn_dim=48,
+        decoder_ffn_dim=40, max_position_embeddings=37, dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0)), _bart_case, 101, 37),
 }
 
 

@@ -82,16 +82,21 @@ def _build(arch: str):
         _randomise(hf)
         model = Xlm(_cfg(layer_norm_eps=1e-12, activation="gelu"), causal=True)
         return hf.eval(), model, from_transformers(hf).params
+    # "bart_asymmetric": a decoder of its own depth, heads and FFN width (3 + 1 layers, 4 and 2
+    # heads, FFN 48 and 40), as distilled summarisers have.
+    shape = ((3, 1, 4, 2, 48, 40) if arch == "bart_asymmetric" else (2, 2, 4, 4, 64, 64))
     hf = transformers.BartForConditionalGeneration(transformers.BartConfig(
-        vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-        decoder_ffn_dim=64, max_position_embeddings=MAX_LEN, activation_function="gelu",
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-        decoder_start_token_id=2, **common))
+        vocab_size=VOCAB, d_model=32, encoder_layers=shape[0], decoder_layers=shape[1],
+        encoder_attention_heads=shape[2], decoder_attention_heads=shape[3],
+        encoder_ffn_dim=shape[4], decoder_ffn_dim=shape[5], max_position_embeddings=MAX_LEN,
+        activation_function="gelu", dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0, decoder_start_token_id=2, **common))
     _randomise(hf)
     with torch.no_grad():
         hf.final_logits_bias.copy_(0.5 * torch.randn_like(hf.final_logits_bias))
-    model = Bart(_cfg(d_ff=64, activation="gelu"))
+    model = Bart(_cfg(num_layers=shape[0], num_heads=shape[2], d_ff=shape[4],
+                      activation="gelu"),
+                 num_decoder_layers=shape[1], num_decoder_heads=shape[3], decoder_d_ff=shape[5])
     return hf.eval(), model, from_transformers(hf).params
 
 
@@ -222,7 +227,7 @@ def _eos_hit_mid_sequence(hf_model) -> int:
     raise AssertionError("greedy decoding repeats one token for every prompt")
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt", "xlm", "bart"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt", "xlm", "bart", "bart_asymmetric"])
 def test_greedy_equals_transformers_generate(name):
     hf_model, model, params = _built(name)
     eos_id = _eos_hit_mid_sequence(hf_model)

@@ -45,17 +45,30 @@ def _sharp(params, seed: int = 0):
     return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in out.items()}, sep="/")
 
 
+def _build(**decoder):
+    config = base_config()
+    config.model.update(arch="xlm", encoder_decoder=True, num_languages=2, num_layers=2,
+                        num_decoder_layers=3, d_model=32, num_heads=4, d_ff=64, max_len=40,
+                        activation="gelu", layer_norm_eps=1e-12, **decoder)
+    model = models.build_model(config.model, VOCAB)
+    assert isinstance(model, XlmEncoderDecoder)
+    return model, _sharp(models.param_shapes(model))
+
+
 @pytest.fixture(scope="module")
 def built():
     """(model, params): config.model.arch='xlm' with encoder_decoder=True, built as the loop
     builds it, 2 languages, 2 encoder and 3 decoder layers."""
-    config = base_config()
-    config.model.update(arch="xlm", encoder_decoder=True, num_languages=2, num_layers=2,
-                        num_decoder_layers=3, d_model=32, num_heads=4, d_ff=64, max_len=40,
-                        activation="gelu", layer_norm_eps=1e-12)
-    model = models.build_model(config.model, VOCAB)
-    assert isinstance(model, XlmEncoderDecoder)
-    params = _sharp(models.param_shapes(model))
+    return _build()
+
+
+@pytest.fixture(scope="module")
+def asymmetric():
+    """As `built`, with the decoder's own heads and FFN width: 4 and 2 heads, FFN 64 and 48."""
+    model, params = _build(num_decoder_heads=2, decoder_d_ff=48)
+    assert params["encoder"]["block_0"]["attention"]["query"]["kernel"].shape == (32, 4, 8)
+    assert params["decoder"]["block_2"]["cross_attention"]["query"]["kernel"].shape == (32, 2, 16)
+    assert params["decoder"]["block_2"]["mlp"]["fc_in"]["kernel"].shape == (32, 48)
     return model, params
 
 
@@ -155,10 +168,11 @@ def test_scanned_stacks_give_the_same_logits(built):
         np.testing.assert_allclose(got[row, :len(ids)], expected[row, :len(ids)], atol=1e-5)
 
 
-def test_cached_logits_equal_full_recomputation_at_every_step(built):
+@pytest.mark.parametrize("shape", ["built", "asymmetric"])
+def test_cached_logits_equal_full_recomputation_at_every_step(shape, request):
     """The generator's KV-cache logits at each step equal the uncached model's on the
     source and the decoder inputs so far (source language 0, target language 1)."""
-    model, params = built
+    model, params = request.getfixturevalue(shape)
     generator = generator_for(model, decoder_start_id=EOS)
     width = 8
     source = _padded(SOURCES, width)

@@ -87,6 +87,19 @@ def test_both_stacks_start_from_the_pretrained_xlm(pretrained):
         assert not np.array_equal(merged[path], theirs[self_attention.split("/", 1)[1]]), path
 
 
+@pytest.mark.parametrize("decoder", [{"num_decoder_heads": 2}, {"decoder_d_ff": 64},
+                                     {"num_decoder_layers": 1}])
+def test_a_decoder_shaped_unlike_the_pretrained_xlm_is_a_clear_error(pretrained, decoder):
+    """Both stacks take the pretrained blocks, so the decoder must have their shape."""
+    config, theirs = init_from.pretrained_params(str(pretrained))
+    config.model.update(encoder_decoder=True, **decoder)
+    model = models.build_model(config.model, config.model.vocab_size)
+    fresh = nn.meta.unbox(model.init(jax.random.key(7), model.example_batch(8))["params"])
+    (key, value), = decoder.items()
+    with pytest.raises(ConfigError, match=f"'{key}': {value}"):
+        init_from.merge_pretrained(config, fresh, str(pretrained))
+
+
 def test_translation_fine_tune_from_the_pretrained_xlm(pretrained, stdlib_data_dir,
                                                        stdlib_tokenizer, tmp_path, capsys):
     """WMT14 de-en (mock data) from the pretrained XLM through the loop: the report names

@@ -73,10 +73,10 @@ class DecoderBlock(nn.Module):
 
 
 class _Stack(nn.Module):
-    """Learned positions + embedding LayerNorm, then encoder or decoder blocks."""
+    """Learned positions + embedding LayerNorm, then cfg.num_layers encoder or decoder
+    blocks."""
 
     cfg: TransformerConfig
-    num_layers: int
     is_decoder: bool
 
     @nn.compact
@@ -104,22 +104,25 @@ class _Stack(nn.Module):
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         if self.is_decoder:
-            return layer_stack(DecoderBlock, self.num_layers, cfg.scan_layers, cfg=cfg)(
+            return layer_stack(DecoderBlock, cfg.num_layers, cfg.scan_layers, cfg=cfg)(
                 x, encoded, mask, cross_mask, deterministic, decode)
-        return layer_stack(TransformerBlock, self.num_layers, cfg.scan_layers, cfg=cfg,
+        return layer_stack(TransformerBlock, cfg.num_layers, cfg.scan_layers, cfg=cfg,
                            pre_norm=False, residual_init_std=cfg.init_std)(x, mask, deterministic)
 
 
 class Bart(nn.Module):
     """Encoder-decoder with shared, tied token embeddings; `encode` once, `decode` per step.
 
-    `num_decoder_layers` (None or 0) defaults to cfg.num_layers (the encoder's depth);
-    `scale_embedding` multiplies token embeddings by sqrt(d_model), off in BART's released
-    configs.
+    `cfg` is the encoder's; the decoder has its own `num_decoder_layers`, `num_decoder_heads`
+    and `decoder_d_ff` (None or 0: the encoder's), as transformers' BartConfig; its
+    cross-attention has the decoder's heads. `scale_embedding` multiplies token embeddings by
+    sqrt(d_model), off in BART's released configs.
     """
 
     cfg: TransformerConfig
     num_decoder_layers: int | None = None
+    num_decoder_heads: int | None = None
+    decoder_d_ff: int | None = None
     scale_embedding: bool = False
     # > 0: a classifier on the decoder's state at each row's final eos
     # (BartForSequenceClassification).
@@ -131,8 +134,9 @@ class Bart(nn.Module):
         cfg = self.cfg
         self.token_embed = Embed(cfg.vocab_size, cfg.d_model, init_std=cfg.init_std,
                                  dtype=cfg.dtype)
-        self.encoder = _Stack(cfg, cfg.num_layers, is_decoder=False)
-        self.decoder = _Stack(cfg, self.num_decoder_layers or cfg.num_layers, is_decoder=True)
+        self.encoder = _Stack(cfg, is_decoder=False)
+        self.decoder = _Stack(cfg.decoder(self.num_decoder_layers, self.num_decoder_heads,
+                                          self.decoder_d_ff), is_decoder=True)
         self.final_logits_bias = self.param(
             "final_logits_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
             (cfg.vocab_size,), jnp.float32)
@@ -229,6 +233,8 @@ class BartSpec(ArchitectureSpec):
     def build(self, vocab_size: int) -> Bart:
         m = self.model_config
         return Bart(self.transformer_config(vocab_size), num_decoder_layers=m.num_decoder_layers,
+                    num_decoder_heads=m.get("num_decoder_heads"),
+                    decoder_d_ff=m.get("decoder_d_ff"),  # configs saved before the keys
                     scale_embedding=m.scale_embedding, num_labels=m.num_labels)
 
     def pair_layout(self, tokenizer, has_b: bool) -> tuple[list[int], list[int], list[int]]:
@@ -239,16 +245,12 @@ class BartSpec(ArchitectureSpec):
 
     @staticmethod
     def model_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
-        for ours, theirs in (("encoder_ffn_dim", "decoder_ffn_dim"),
-                             ("encoder_attention_heads", "decoder_attention_heads")):
-            if hf[ours] != hf[theirs]:
-                raise ValueError(f"config.json has {ours}={hf[ours]} and {theirs}={hf[theirs]}; "
-                                 "only equal encoder and decoder widths are supported.")
         hf_lib.require(hf, "add_final_layer_norm", False, "BART's post-LN stacks (not mBART)")
         hf_lib.require(hf, "normalize_before", False, "BART's post-LN stacks (not mBART)")
         return dict(num_layers=hf["encoder_layers"], num_decoder_layers=hf["decoder_layers"],
                     d_model=hf["d_model"], num_heads=hf["encoder_attention_heads"],
-                    d_ff=hf["encoder_ffn_dim"], max_len=hf["max_position_embeddings"],
+                    num_decoder_heads=hf["decoder_attention_heads"], d_ff=hf["encoder_ffn_dim"],
+                    decoder_d_ff=hf["decoder_ffn_dim"], max_len=hf["max_position_embeddings"],
                     dropout=hf.get("dropout", 0.1),
                     attention_dropout=hf.get("attention_dropout", 0.0),
                     layer_norm_eps=1e-5, init_std=hf.get("init_std", 0.02),
@@ -261,8 +263,9 @@ class BartSpec(ArchitectureSpec):
         return dict(encoder_layers=m.num_layers,
                     decoder_layers=m.num_decoder_layers or m.num_layers,
                     d_model=m.d_model, encoder_attention_heads=m.num_heads,
-                    decoder_attention_heads=m.num_heads, encoder_ffn_dim=m.d_ff,
-                    decoder_ffn_dim=m.d_ff, max_position_embeddings=m.max_len,
+                    decoder_attention_heads=m.get("num_decoder_heads") or m.num_heads,
+                    encoder_ffn_dim=m.d_ff, decoder_ffn_dim=m.get("decoder_d_ff") or m.d_ff,
+                    max_position_embeddings=m.max_len,
                     dropout=m.dropout, attention_dropout=m.attention_dropout,
                     activation_dropout=0.0, init_std=m.init_std,
                     activation_function=hf_lib.activation_to_hf(m.activation),

@@ -49,6 +49,13 @@ class TransformerConfig:
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
+    def decoder(self, num_layers: int | None, num_heads: int | None,
+                d_ff: int | None) -> "TransformerConfig":
+        """An encoder-decoder's decoder stack: its own depth, heads and FFN width (None or 0:
+        this config's), the rest shared."""
+        return dataclasses.replace(self, num_layers=num_layers or self.num_layers,
+                                   num_heads=num_heads or self.num_heads, d_ff=d_ff or self.d_ff)
+
 
 def activation_fn(name: str) -> Callable[[Array], Array]:
     if name == "gelu_tanh":

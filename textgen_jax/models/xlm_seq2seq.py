@@ -74,22 +74,25 @@ class XlmStack(nn.Module):
 
 class XlmEncoderDecoder(nn.Module):
     """XLM's encoder-decoder (config.model.arch='xlm', config.model.encoder_decoder=True);
-    `encode` once, `decode` per step. `num_decoder_layers` (None or 0) defaults to
-    cfg.num_layers."""
+    `encode` once, `decode` per step. `cfg` is the encoder's; the decoder has its own
+    `num_decoder_layers`, `num_decoder_heads` and `decoder_d_ff` (None or 0: the encoder's)."""
 
     cfg: TransformerConfig
     num_languages: int = 1
     sinusoidal_positions: bool = False
     num_decoder_layers: int | None = None
+    num_decoder_heads: int | None = None
+    decoder_d_ff: int | None = None
 
     kind: ClassVar[str] = ENCODER_DECODER
     uses_languages: ClassVar[bool] = True
 
     def setup(self):
-        stack = lambda layers, is_decoder: XlmStack(  # noqa: E731
-            self.cfg, layers, self.num_languages, self.sinusoidal_positions, is_decoder)
-        self.encoder = stack(self.cfg.num_layers, False)
-        self.decoder = stack(self.num_decoder_layers or self.cfg.num_layers, True)
+        stack = lambda cfg, is_decoder: XlmStack(  # noqa: E731
+            cfg, cfg.num_layers, self.num_languages, self.sinusoidal_positions, is_decoder)
+        self.encoder = stack(self.cfg, False)
+        self.decoder = stack(self.cfg.decoder(self.num_decoder_layers, self.num_decoder_heads,
+                                              self.decoder_d_ff), True)
 
     def example_batch(self, seq_len: int) -> dict[str, jax.Array]:
         """A minimal batch, for `init` (shapes only matter; langs create the language
@@ -186,7 +189,9 @@ class XlmSpec(ArchitectureSpec):
                 "0 and False, or encoder_decoder=False.")
         return XlmEncoderDecoder(cfg, num_languages=m.num_languages,
                                  sinusoidal_positions=m.sinusoidal_positions,
-                                 num_decoder_layers=m.num_decoder_layers)
+                                 num_decoder_layers=m.num_decoder_layers,
+                                 num_decoder_heads=m.get("num_decoder_heads"),
+                                 decoder_d_ff=m.get("decoder_d_ff"))
 
     def pair_layout(self, tokenizer, has_b: bool) -> tuple[list[int], list[int], list[int]]:
         return [tokenizer.bos_id], [tokenizer.eos_id], [tokenizer.eos_id] if has_b else []
@@ -258,4 +263,16 @@ class XlmSpec(ArchitectureSpec):
                               "(config.model.encoder_decoder=True); this config trains the "
                               "plain XLM. Set --config.model.encoder_decoder=True, or start "
                               "from a plain XLM workdir.")
+        m, p = self.model_config, pretrained.model_config
+        ours = {"num_decoder_layers": m.num_decoder_layers or m.num_layers,
+                "num_decoder_heads": m.get("num_decoder_heads") or m.num_heads,
+                "decoder_d_ff": m.get("decoder_d_ff") or m.d_ff}
+        theirs = {"num_decoder_layers": p.num_layers, "num_decoder_heads": p.num_heads,
+                  "decoder_d_ff": p.d_ff}
+        if ours != theirs:  # both stacks take the pretrained XLM's blocks
+            raise ConfigError(
+                f"config.init_from={init_from!r} holds an XLM of {p.num_layers} layers, "
+                f"{p.num_heads} heads and d_ff {p.d_ff}, which start both stacks; this decoder "
+                f"has {ours}. Set config.model.num_decoder_layers, num_decoder_heads and "
+                "decoder_d_ff to 0 (the encoder's).")
         return xlm_translation_params(params)

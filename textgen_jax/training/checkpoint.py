@@ -29,7 +29,7 @@ CONFIG_FILE = "config.json"
 # The keys of config.model whose change makes old parameters unusable (scan_layers: the
 # layout of the parameter tree, per layer or stacked).
 SHAPE_KEYS = ("arch", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size",
-              "scan_layers")
+              "num_decoder_layers", "num_decoder_heads", "decoder_d_ff", "scan_layers")
 
 
 def workdir_path(workdir: str | os.PathLike) -> epath.Path:

@@ -76,6 +76,8 @@ def check_divisibility(config: ml_collections.ConfigDict, mesh: Mesh, vocab_size
     data_parallel = mesh.shape["data"] * fsdp
     m = config.model
     for name, value in (("config.model.num_heads", m.num_heads), ("config.model.d_ff", m.d_ff),
+                        ("config.model.num_decoder_heads", m.get("num_decoder_heads", 0)),
+                        ("config.model.decoder_d_ff", m.get("decoder_d_ff", 0)),
                         ("the vocabulary size", vocab_size)):
         if value % tensor:
             raise ConfigError(f"config.mesh.tensor={tensor} does not divide {name}={value}; "
