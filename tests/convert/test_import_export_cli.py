@@ -161,3 +161,59 @@ def test_bad_checkpoints_are_named(hf_gpt2, tmp_path):
     no_tokenizer = checkpoint_dir("no_tokenizer", hf_model)
     (no_tokenizer / "tokenizer.json").unlink()
     assert "--tokenizer" in _import_error(no_tokenizer, tmp_path / "w6")
+
+
+def _gpt1_tokenizer():
+    """GPT-1's tokenizer.json as transformers saves OpenAIGPTTokenizer's: lower-cased BERT
+    pre-tokenization, a BPE with '</w>' word ends, and '<unk>' its only special token."""
+    letters = list("abcdefghijklmnopqrstuvwxyz.,")
+    vocab = {"<unk>": 0}
+    vocab.update({piece: len(vocab) + i for i, piece in enumerate(letters)})
+    vocab.update({f"{piece}</w>": len(vocab) + i for i, piece in enumerate(letters)})
+    merges = [("t", "h"), ("th", "e</w>"), ("r", "e"), ("o", "f</w>"), ("i", "n"), ("a", "n"),
+              ("l", "i"), ("n", "a"), ("e", "s</w>")]
+    vocab.update({a + b: len(vocab) + i for i, (a, b) in enumerate(merges)})
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(
+        vocab, merges, unk_token="<unk>", end_of_word_suffix="</w>"))
+    tokenizer.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = tokenizers.decoders.BPEDecoder(suffix="</w>")
+    tokenizer.add_special_tokens(["<unk>"])
+    return tokenizer
+
+
+def test_gpt1_with_its_unk_only_tokenizer_imports_and_generates_as_transformers(tmp_path):
+    """GPT-1's own tokenizer has no pad, bos or eos: the import reports each role's stand-in,
+    and greedy generation (no eos: max_new_tokens) equals transformers' from the same ids."""
+    tokenizer = _gpt1_tokenizer()
+    torch.manual_seed(0)
+    hf_model = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
+        vocab_size=tokenizer.get_vocab_size(), n_positions=64, n_embd=64, n_layer=2,
+        n_head=4)).eval()
+    with torch.no_grad():  # random enough that greedy choices vary and are far from ties
+        for name, tensor in hf_model.named_parameters():
+            scale = 0.5 if "embed" in name else 0.1 if name.endswith("bias") else 0.15
+            if "ln_" in name and name.endswith("weight"):
+                tensor.copy_(1.0 + 0.2 * torch.randn_like(tensor))
+            else:
+                tensor.copy_(scale * torch.randn_like(tensor))
+    directory = tmp_path / "openai_gpt"
+    hf_model.save_pretrained(directory)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    workdir = tmp_path / "imported"
+    imported = _cli("import-hf", workdir, str(directory))
+    for role in ("pad", "bos", "eos"):
+        assert f"the tokenizer has no {role} token" in imported.stdout, imported.stdout
+
+    import textgen_jax
+    prompt = "Return the list of names."
+    ours = textgen_jax.generate(textgen_jax.load(str(workdir)), [prompt], max_new_tokens=12,
+                                temperature=0.0)[0]
+    ids = torch.tensor([tokenizer.encode(prompt).ids])  # no start token, as GPT-1 was fed
+    assert 0 not in ids[0].tolist()  # the prompt is spelled without <unk>
+    with torch.no_grad():
+        out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                do_sample=False)
+    new = out[0, ids.shape[1]:].tolist()
+    assert len(new) == 12 and len(set(new)) > 1
+    assert ours == tokenizer.decode(ids[0].tolist() + new, skip_special_tokens=False)

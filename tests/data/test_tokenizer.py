@@ -143,7 +143,8 @@ def test_model_file_is_copied_into_the_workdir_and_must_not_change(stdlib_tokeni
         load_or_train_tokenizer(tmp_path / "run2", config)
 
 
-def test_a_model_without_a_pad_id_is_refused(tmp_path):
+def test_a_model_without_a_pad_id_pads_with_unk_and_says_so(tmp_path):
+    """Padding is masked, so any id serves: sentencepiece's default pad_id=-1 is the unk id."""
     import io
 
     import sentencepiece as spm
@@ -151,5 +152,8 @@ def test_a_model_without_a_pad_id_is_refused(tmp_path):
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(["Return the list of names.", "Open the file and read it."] * 50),
         model_writer=model, model_type="bpe", vocab_size=60, minloglevel=2)  # pad_id=-1
-    with pytest.raises(ValueError, match="no pad piece.*--pad_id"):
-        Tokenizer(model.getvalue())
+    tokenizer = Tokenizer(model.getvalue())
+    assert tokenizer.missing_roles == ("pad",)
+    assert tokenizer.pad_id == tokenizer.unk_id >= 0
+    assert tokenizer.present(tokenizer.bos_id, tokenizer.eos_id) == [tokenizer.bos_id,
+                                                                     tokenizer.eos_id]

@@ -17,7 +17,7 @@ from flax import traverse_util
 from textgen_jax import models
 from textgen_jax.convert.huggingface import export_hf, import_hf
 from textgen_jax.data.hf_tokenizer import HF_TOKENIZER_FILENAME
-from textgen_jax.data.tokenizer import TOKENIZER_FILENAME, load_tokenizer
+from textgen_jax.data.tokenizer import MISSING_ROLES, TOKENIZER_FILENAME, load_tokenizer
 from textgen_jax.training import checkpoint
 
 HF_CONFIG_FILE = "hf_config.json"  # their config.json, kept for export
@@ -46,7 +46,8 @@ def import_to_workdir(src_dir: str | os.PathLike, workdir: str | os.PathLike, *,
     target = (HF_TOKENIZER_FILENAME if tokenizer_source.suffix == ".json"
               else TOKENIZER_FILENAME)
     shutil.copyfile(tokenizer_source, workdir / target)
-    vocab = load_tokenizer(workdir).vocab_size
+    loaded_tokenizer = load_tokenizer(workdir)
+    vocab = loaded_tokenizer.vocab_size
     if vocab > config.model.vocab_size:
         (workdir / target).unlink()
         raise ValueError(f"the tokenizer {tokenizer_source} has {vocab} tokens, more than the "
@@ -58,6 +59,8 @@ def import_to_workdir(src_dir: str | os.PathLike, workdir: str | os.PathLike, *,
     report = [f"imported {config.model.arch} ({_count(params):,} parameters) from {src}"]
     report += [f"newly initialised (not in the checkpoint): {p}" for p in imported.missing]
     report += [f"dropped (no place in {config.model.arch}): {t}" for t in imported.dropped]
+    report += [f"the tokenizer has no {role} token: {MISSING_ROLES[role]}"
+               for role in loaded_tokenizer.missing_roles]
     for line in report:
         log(line)
 

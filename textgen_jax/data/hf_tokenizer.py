@@ -6,7 +6,8 @@ library (`pip install 'textgen_jax[hf]'`).
 
 The stack's roles (pad, unk, bos, eos, '<mask>', '<sep>', '<cls>') are found among the
 tokenizer's special tokens by their usual spellings: '<pad>' or '[PAD]', '<s>' or '[CLS]' for
-bos, and so on; GPT-2's '<|endoftext|>' serves as pad, bos and eos.
+bos, and so on; GPT-2's '<|endoftext|>' serves as pad, bos and eos. A role it lacks gets the
+stand-in of tokenizer.MISSING_ROLES (GPT-1's tokenizer has only '<unk>').
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from etils import epath
+
+from textgen_jax.data.tokenizer import ABSENT, SpecialRoles
 
 HF_TOKENIZER_FILENAME = "tokenizer.json"
 
@@ -31,7 +34,7 @@ _ROLES = {
 }
 
 
-class HFTokenizer:
+class HFTokenizer(SpecialRoles):
     """tokenizer.json -> encode/decode and the stack's special ids; pickles (grain workers)."""
 
     def __init__(self, tokenizer_json: str):
@@ -47,11 +50,14 @@ class HFTokenizer:
                      for role, spellings in _ROLES.items()}
         if self._ids["unk"] is None:  # byte-level BPEs have no unknown token
             self._ids["unk"] = self._ids["pad"] if self._ids["pad"] is not None else 0
-        for role in ("pad", "bos", "eos"):
+        # Looked for by the spellings of _ROLES; their stand-ins: tokenizer.MISSING_ROLES.
+        self.missing_roles = tuple(role for role in ("pad", "bos", "eos")
+                                   if self._ids[role] is None)
+        if self._ids["pad"] is None:
+            self._ids["pad"] = self._ids["unk"]
+        for role in ("bos", "eos"):
             if self._ids[role] is None:
-                raise ValueError(f"The tokenizer.json has no {role} token (looked for "
-                                 f"{', '.join(_ROLES[role])}); the pipelines pad rows and wrap "
-                                 "texts with pad, bos and eos.")
+                self._ids[role] = ABSENT
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HFTokenizer:

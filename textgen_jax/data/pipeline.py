@@ -43,8 +43,9 @@ class _TokenizeDocument:
 
     def __call__(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
         ids = self._tokenizer.encode(example_text(example, self._text_key))
+        tok = self._tokenizer
         return {"inputs": np.asarray(
-            [self._tokenizer.bos_id, *ids, self._tokenizer.eos_id], dtype=np.int32)}
+            [*tok.present(tok.bos_id), *ids, *tok.present(tok.eos_id)], dtype=np.int32)}
 
 
 def _rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

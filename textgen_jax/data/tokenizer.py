@@ -33,22 +33,44 @@ _TRAINER_THREADS = 4
 _MAX_SENTENCE_BYTES = 4096
 
 
+# A role the tokenizer lacks (sentencepiece's id of a disabled piece). Imported tokenizers may
+# lack pad, bos or eos (GPT-1's has only <unk>); each missing role has one documented stand-in:
+MISSING_ROLES = {
+    "pad": "rows are padded with the unknown token's id (padding is masked, so any id serves)",
+    "bos": "texts and prompts start with no start token",
+    "eos": "generation stops at max_new_tokens, and packed documents follow one another with no "
+           "separator",
+}
+ABSENT = -1
+
+
+class SpecialRoles:
+    """Both tokenizers (ours and an imported tokenizer.json): which roles they lack, and how
+    texts are framed without them."""
+
+    missing_roles: tuple[str, ...] = ()  # of 'pad', 'bos', 'eos': see MISSING_ROLES
+
+    @staticmethod
+    def present(*ids: int) -> list[int]:
+        """`ids` less absent roles (bos_id or eos_id ABSENT): a text's framing tokens."""
+        return [token_id for token_id in ids if token_id != ABSENT]
+
+
 def lang_symbol(tag: str) -> str:
     return f"<lang:{tag}>"
 
 
-class Tokenizer:
-    """A sentencepiece model with the stack's special ids; pickles (for grain workers)."""
+class Tokenizer(SpecialRoles):
+    """A sentencepiece model with the stack's special ids; pickles (for grain workers).
+
+    A model without pad, bos or eos (pad_id=-1 is sentencepiece's default) gets the stand-ins
+    of MISSING_ROLES, listed in `missing_roles`."""
 
     def __init__(self, model_proto: bytes):
         self._model_proto = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        for name in ("pad", "unk", "bos", "eos"):
-            if getattr(self._sp, f"{name}_id")() < 0:
-                raise ValueError(
-                    f"The sentencepiece model has no {name} piece ({name}_id=-1); the pipelines "
-                    f"pad rows and wrap texts with pad, bos and eos. Train it with --{name}_id "
-                    "set, or let textgen-jax train one (config.tokenizer.model_file='').")
+        self.missing_roles = tuple(name for name in ("pad", "bos", "eos")
+                                   if getattr(self._sp, f"{name}_id")() < 0)
 
     def has_piece(self, piece: str) -> bool:
         """Whether `piece` (e.g. '<mask>', '<lang:en>') is in the vocabulary."""
@@ -85,7 +107,7 @@ class Tokenizer:
 
     @property
     def pad_id(self) -> int:
-        return self._sp.pad_id()
+        return self.unk_id if "pad" in self.missing_roles else self._sp.pad_id()
 
     @property
     def unk_id(self) -> int:

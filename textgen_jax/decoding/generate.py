@@ -280,7 +280,7 @@ def _process(scores, history, first, length, i, plan: _Plan):
             match &= history[:, k:k + starts] == suffix[:, k:k + 1]
         banned = jnp.zeros((rows, vocab), bool).at[row_ids, history[:, n - 1:]].max(match)
         scores = jnp.where(banned, NEG_INF, scores)
-    if plan.min_new_tokens > 0:
+    if plan.min_new_tokens > 0 and plan.eos_id >= 0:  # a tokenizer without eos: no stop to hold
         scores = scores.at[:, plan.eos_id].set(
             jnp.where(i < plan.min_new_tokens, NEG_INF, scores[:, plan.eos_id]))
     return scores
@@ -491,7 +491,12 @@ def generate_ids(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]]
     model, params = unscanned(model, params)  # the KV cache lives in the unrolled blocks
     if not prompts:
         raise ValueError("no prompts given; pass at least one prompt.")
-    generator = generator_for(model, eos_id if decoder_start_id is None else decoder_start_id)
+    start_id = eos_id if decoder_start_id is None else decoder_start_id
+    if model.kind == ENCODER_DECODER and start_id < 0:
+        raise ValueError("an encoder-decoder's decoder starts from an eos token (or "
+                         "decoder_start_id), and this tokenizer has none: use the checkpoint's "
+                         "own tokenizer, which has one.")
+    generator = generator_for(model, start_id)
     for index, ids in enumerate(prompts):
         if len(ids) == 0:
             raise ValueError(f"prompt {index} is empty; give each prompt at least one token "

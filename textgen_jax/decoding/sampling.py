@@ -25,19 +25,22 @@ def generate_text(spec: ArchitectureSpec, model: nn.Module, params: Any, tokeniz
     for index, text in enumerate(prompts):
         if not tokenizer.encode(text):
             raise ValueError(f"prompt {index} ({text!r}) is empty; give each prompt some text.")
-    encoded = [spec.prompt_ids(tokenizer, tokenizer.encode(text)) for text in prompts]
+    texts_ids = [tokenizer.encode(text) for text in prompts]
+    encoded = [spec.prompt_ids(tokenizer, ids) for ids in texts_ids]
+    # A decoder's prompt is its text after the start token (if the tokenizer has one).
+    texts_ids = [framed[len(framed) - len(ids):] for framed, ids in zip(encoded, texts_ids)]
     writes_new_text = spec.kind == ENCODER_DECODER  # not a continuation of the prompt
     on_tokens = None
     if stream is not None and len(prompts) == 1:
-        on_tokens = _TextStream(tokenizer, [] if writes_new_text else encoded[0][1:], stream)
+        on_tokens = _TextStream(tokenizer, [] if writes_new_text else texts_ids[0], stream)
     new = generate_ids(model, params, encoded, options, eos_id=tokenizer.eos_id,
                        pad_id=tokenizer.pad_id, language_id=language_id,
                        target_language_id=target_language_id, stream=on_tokens)
     if writes_new_text:  # the output opens with its targets' bos
         texts = [tokenizer.decode([t for t in ids if t != tokenizer.bos_id]) for ids in new]
     else:
-        texts = [tokenizer.decode(ids[1:] + continuation)
-                 for ids, continuation in zip(encoded, new)]
+        texts = [tokenizer.decode(ids + continuation)
+                 for ids, continuation in zip(texts_ids, new)]
     if on_tokens is not None:
         on_tokens.finish(texts[0])
     return texts

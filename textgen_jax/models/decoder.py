@@ -102,9 +102,10 @@ class DecoderSpec(ArchitectureSpec):
                            num_labels=self.model_config.num_labels)
 
     def pair_layout(self, tokenizer, has_b: bool) -> tuple[list[int], list[int], list[int]]:
+        start, end = tokenizer.present(tokenizer.bos_id), tokenizer.present(tokenizer.eos_id)
         if has_b:
-            return [tokenizer.bos_id], [tokenizer.sep_id], [tokenizer.eos_id]
-        return [tokenizer.bos_id], [tokenizer.eos_id], []
+            return start, [tokenizer.sep_id], end
+        return start, end, []
 
     @staticmethod
     def _model_config_from_hf(hf: Mapping[str, Any], d_ff: int,

@@ -110,9 +110,10 @@ class ArchitectureSpec:
     def prompt_ids(self, tokenizer, ids: Sequence[int]) -> list[int]:
         """The token ids a prompt's text `ids` is fed as to `generate`: a decoder's document
         start, or an encoder-decoder's source as it was trained."""
+        start = tokenizer.present(tokenizer.bos_id)  # a tokenizer may lack bos or eos
         if self.kind == ENCODER_DECODER:
-            return [tokenizer.bos_id, *ids, tokenizer.eos_id]
-        return [tokenizer.bos_id, *ids]
+            return [*start, *ids, *tokenizer.present(tokenizer.eos_id)]
+        return [*start, *ids]
 
     def masked_text_ids(self, tokenizer, ids: Sequence[int]) -> list[int]:
         """A text with <mask> tokens framed as the MLM head was trained (fill-mask): one token

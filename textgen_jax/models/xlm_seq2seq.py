@@ -198,7 +198,7 @@ class XlmSpec(ArchitectureSpec):
 
     def prompt_ids(self, tokenizer, ids: Sequence[int]) -> list[int]:
         if self.kind == DECODER:
-            return [tokenizer.eos_id, *ids]
+            return [*tokenizer.present(tokenizer.eos_id), *ids]
         return super().prompt_ids(tokenizer, ids)
 
     def masked_text_ids(self, tokenizer, ids: Sequence[int]) -> list[int]:
