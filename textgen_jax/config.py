@@ -158,9 +158,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.eval_languages = ()
     c.task.lm_weight = 0.5  # GPT, GPT-2: the auxiliary LM loss's weight (GPT §3.3)
     # extractive_qa: answer spans decoded from the n_best best starts and ends, at most
-    # max_answer_length tokens long (BERT's SQuAD decoding).
+    # max_answer_length tokens long (BERT's SQuAD decoding), across the windows of a context
+    # longer than one row, each doc_stride tokens after the last; questions cut to
+    # max_query_length tokens (run_squad.py's flags). SQuAD v2.0 answers '' (no answer) when
+    # the best null score (the [cls] start + end) beats the best span's by more than
+    # null_score_diff_threshold.
     c.task.max_answer_length = 30
     c.task.n_best = 20
+    c.task.doc_stride = 128
+    c.task.max_query_length = 64
+    c.task.null_score_diff_threshold = 0.0
     # seq2seq tasks: the loss's label smoothing, and the beam search that evaluation decodes
     # with (new tokens per example at most and at least, n-grams never repeated, 0 = off).
     c.task.label_smoothing = 0.0
@@ -220,6 +227,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if d.input_shards < 0:
         raise ConfigError(f"config.data.input_shards={d.input_shards}: use 0 (one per process) "
                           "or a positive multiple of the process count.")
+    for key in ("doc_stride", "max_query_length", "max_answer_length", "n_best"):
+        if config.task.get(key, 1) < 1:  # configs saved before a key lack it
+            raise ConfigError(f"config.task.{key}={config.task[key]}: use a positive number "
+                              "of tokens.")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         if size == 0 or size < -1:

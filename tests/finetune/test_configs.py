@@ -25,14 +25,15 @@ def _get_config(name: str, arch: str):
 @pytest.mark.parametrize("name,arch", [
     ("docstring_kind", "bert"), ("docstring_kind", "gpt"), ("docstring_kind", "gpt2"),
     ("docstring_kind", "xlm"), ("docstring_kind", "bart"), ("sst2", "bert-base"),
-    ("sst2", "gpt"), ("squad", "bert-base"), ("squad", "xlm"), ("cnn_dailymail", "bart-base"),
+    ("sst2", "gpt"), ("squad", "bert-base"), ("squad", "xlm"), ("squad", "v2,bert"),
+    ("squad", "v2,xlm-en_2048"), ("cnn_dailymail", "bart-base"),
     ("cnn_dailymail", "gpt2"), ("conll2003", "bert-base"), ("conll2003", "xlm"),
 ])
 def test_presets_resolve_to_their_task(name, arch):
     config = _get_config(name, arch)
     validate(config)
     task = get_task(config.task.name)
-    assert config.model.arch == arch.split("-")[0]
+    assert config.model.arch == arch.split(",")[-1].split("-")[0]
     assert config.data.dataset == task.dataset
     assert config.data.train_split in task.splits and config.data.eval_split in task.splits
     if task.kind in ("classification", "token_classification"):

@@ -178,7 +178,7 @@ def test_squad_scores_the_gold_spans_one_and_wrong_ones_as_the_official_formula(
         start_logits[np.arange(len(starts)), starts] = 5.0
         end_logits[np.arange(len(ends)), ends] = 5.0
         outputs = {"start_logits": start_logits, "end_logits": end_logits,
-                   "context_offsets": rows["context_offsets"],
+                   "context_offsets": rows["context_offsets"], "max_context": rows["max_context"],
                    "example_index": rows["example_index"]}
         with tfds.testing.mock_data(**MOCK, as_data_source_fn=_squad_examples):
             return objective.score(config, stdlib_tokenizer, config.data.eval_split, outputs)

@@ -21,7 +21,7 @@ import tensorflow_datasets.text.glue  # noqa: F401
 import tensorflow_datasets.text.xnli  # noqa: F401
 import tensorflow_datasets.translate.wmt14  # noqa: F401
 
-from textgen_jax.finetune.answers import best_answer_span
+from textgen_jax.finetune.answers import Window, best_answer, best_answer_span
 from textgen_jax.finetune.metrics import compute_metrics
 from textgen_jax.finetune.pipelines import finetune_dataset, references, task_source
 from textgen_jax.finetune.tasks import get_task
@@ -155,7 +155,7 @@ def _squad_examples(_builder, split, **_):
                      "answer_start": np.array([3], np.int32)}},
         {"id": b"3", "title": b"Paris", "question": b"What is it?",
          "context": (context + " It is old." * 20 + " The end.").encode(),
-         # Past the end of the row: cut off, so the target is the [cls] position.
+         # Past the end of the first window: a later window of the context holds it.
          "answers": {"text": np.array([b"The end."]),
                      "answer_start": np.array([len(context) + 201], np.int32)}},
         {"id": b"4", "title": b"x", "question": b"Who?", "context": context.encode(),
@@ -171,34 +171,72 @@ def test_squad_positions_map_back_to_the_answer(task_config, stdlib_tokenizer):
     tok = stdlib_tokenizer
     seq_len = 48
     config = task_config("squad", "bert", seq_len=seq_len, batch=1)
+    config.task.doc_stride = 16
     with tfds.testing.mock_data(**MOCK, as_data_source_fn=_squad_examples):
         batches = _batches(config, tok)
         examples = task_source(config, "validation")  # what evaluation reads back
     batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-    assert len(batch["inputs"]) == len(examples) == 5
+    windows = {}
+    for row in flat_rows(batch, seq_len):
+        windows.setdefault(int(row["example_index"]), []).append(row)
+    assert sorted(windows) == list(range(len(examples))) == list(range(5))
+    # The long context (2) takes several windows; the short ones one each (4's long question
+    # leaves its context less room).
+    assert [len(windows[i]) for i in (0, 1, 3)] == [1, 1, 1] and len(windows[2]) > 2
     predictions, answers = [], []
-    for i, row in enumerate(flat_rows(batch, seq_len)):
-        check_text_row(row, tok, "bert", 2, seq_len)
-        assert int(row["example_index"]) == i
+    for i, rows in windows.items():
         context = examples[i]["context"].decode()
-        offsets, start, end = row["context_offsets"], row["start_positions"], row["end_positions"]
-        in_context = offsets[:, 0] >= 0
-        assert (row["token_types"][in_context] == 1).all()  # offsets only on context tokens
         answer = examples[i]["answers"]["text"][0].decode()
-        if i in (0, 1, 4):
-            assert 0 < start <= end and in_context[start] and in_context[end]
-            assert context[offsets[start, 0]:offsets[end, 1]] == answer
-            # Logits peaked at the gold span decode to the answer text.
+        found = []
+        for w, row in enumerate(rows):
+            check_text_row(row, tok, "bert", 2, seq_len)
+            offsets = row["context_offsets"]
+            start, end = row["start_positions"], row["end_positions"]
+            in_context = offsets[:, 0] >= 0
+            assert (row["token_types"][in_context] == 1).all()  # offsets only on context tokens
+            assert (row["max_context"] <= in_context).all()
+            if start > 0:
+                assert start <= end and in_context[start] and in_context[end]
+                assert context[offsets[start, 0]:offsets[end, 1]] == answer
+                found.append(w)
+        if i == 3:  # not in the context
+            assert found == []
+            continue
+        # The whole answer lies in one window: the first, or for the long context a later one.
+        assert found == ([len(rows) - 1] if i == 2 else [0])
+        # Logits peaked at the gold span of the window that holds it (every other window's
+        # [cls] high) decode to the answer text across the windows.
+        logits = []
+        for w, row in enumerate(rows):
             start_logits, end_logits = np.zeros(seq_len), np.zeros(seq_len)
-            start_logits[start], end_logits[end] = 5.0, 5.0
-            assert best_answer_span(start_logits, end_logits, offsets, context) == answer
-            predictions.append(best_answer_span(start_logits, end_logits, offsets, context))
-            answers.append(references(config, examples[i]))
-        else:  # cut off (2) or not in the context (3)
-            assert start == end == 0
+            start_logits[0] = end_logits[0] = 3.0
+            if w in found:
+                start_logits[row["start_positions"]] = end_logits[row["end_positions"]] = 5.0
+            logits.append(Window(start_logits, end_logits, row["context_offsets"],
+                                 row["max_context"]))
+        predictions.append(best_answer(logits, context))
+        assert predictions[-1] == answer
+        answers.append(references(config, examples[i]))
     assert answers[0] == ["Paris", "Paris"]
     assert compute_metrics(["exact_match", "squad_f1"], predictions, answers) == {
         "exact_match": 1.0, "squad_f1": 1.0}
+
+
+def test_squad_v2_rows_and_unanswerable_references(task_config, stdlib_tokenizer):
+    """SQuAD v2.0 through TFDS (mock data of its own features): every window's target is in
+    the row, and a question without answers has '' as its reference, as the v2.0 script."""
+    config = task_config("squad_v2", "bert", seq_len=SEQ_LEN * 2)
+    config.task.doc_stride = 8
+    with tfds.testing.mock_data(**MOCK):
+        batches = _batches(config, stdlib_tokenizer)
+        examples = task_source(config, "validation")
+        impossible = dict(examples[0], answers={"text": np.array([], object),
+                                                "answer_start": np.array([], np.int32)})
+    rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    assert set(rows["example_index"].tolist()) <= set(range(len(examples)))
+    start, end = rows["start_positions"], rows["end_positions"]
+    assert ((0 <= start) & (start <= end) & (end < SEQ_LEN * 2)).all()
+    assert references(config, impossible) == [""]
 
 
 def test_squad_on_random_mock_data(task_config, stdlib_tokenizer):

@@ -48,6 +48,7 @@ def _batch(arch: str, rng: np.random.Generator) -> dict[str, jnp.ndarray]:
              "segment_ids": real, "labels": labels,
              "start_positions": np.array([3, 0, 2]), "end_positions": np.array([5, 0, 4]),
              "context_offsets": rng.integers(-1, 50, (BATCH, LENGTH, 2)),
+             "max_context": rng.integers(0, 2, (BATCH, LENGTH)),
              "example_index": np.array([7, 1, 4])}
     batch["token_types" if arch == "bert" else "langs"] = (np.arange(LENGTH) >= 3) * real
     return {key: jnp.asarray(value, jnp.int32) for key, value in batch.items()}
@@ -127,7 +128,7 @@ def test_qa_loss_averages_the_start_and_end_cross_entropies(arch):
     predicted = extractive_qa_predict_fn(model, params, batch, spec=_spec(arch))
     np.testing.assert_allclose(predicted["start_logits"], outputs["start_logits"], atol=1e-6)
     np.testing.assert_allclose(predicted["end_logits"], outputs["end_logits"], atol=1e-6)
-    for key in ("context_offsets", "example_index"):  # what scoring reads the answers by
+    for key in ("context_offsets", "max_context", "example_index"):  # what scoring reads
         np.testing.assert_array_equal(predicted[key], batch[key])
 
 

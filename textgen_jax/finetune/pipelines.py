@@ -31,11 +31,16 @@ by `spec.pair_layout`:
 token_classification (bert, xlm): the text row of the words' pieces, and labels [B, L]: each
   word's tag on its first piece, IGNORE_LABEL (-1) on its other pieces, specials and padding.
 
-extractive_qa (bert, xlm): the text row of (question, context), plus start_positions,
-  end_positions [B] (the answer's first and last token; 0, the [cls] position, when the answer
-  was cut off or is not in the context) and context_offsets [B, L, 2] (the character span in
-  the context of the word each context token belongs to, -1 elsewhere), which
-  `answers.best_answer_span` turns back into text.
+extractive_qa (bert, xlm): a row per window of the context (SQuAD's doc stride, BERT's
+  run_squad.py: windows of what the row leaves after the question, each starting
+  config.task.doc_stride tokens after the last; the question cut to
+  config.task.max_query_length): the text row of (question, window), plus start_positions,
+  end_positions [B] (the answer's first and last token; 0, the [cls] position, when the window
+  does not hold the whole answer or there is none), context_offsets [B, L, 2] (the character
+  span in the context of the word each context token belongs to, -1 elsewhere) and
+  max_context [B, L] (1 on the context tokens this window sees with the most context on both
+  sides, where an answer may start), which `answers.best_answer` turns back into text across
+  an example's windows.
 
 seq2seq:
   an encoder-decoder (bart; xlm with config.model.encoder_decoder, XLM §5): inputs
@@ -48,8 +53,8 @@ seq2seq:
          in the target) and prompt_lengths [B] (the length of `[bos] source [sep]`, what
          generation reads).
 
-Every kind also has example_index [B]: the example's index in the split, for evaluation to
-read what the rows do not hold (`task_source`, `references`: a QA context and its answers, a
+Every kind also has example_index [B]: the example's index in the split (a QA example's
+windows share it), for evaluation to read what the rows do not hold (`task_source`, `references`: a QA context and its answers, a
 seq2seq reference).
 
 Rows are a pure function of (config seeds, the example's index): embedded-corpus tasks draw
@@ -60,6 +65,7 @@ the iterator (a grain MapDataset up to batching) is checkpointable like the pret
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -67,6 +73,7 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
+from absl import logging
 
 from textgen_jax.data.masking import IGNORE_LABEL
 from textgen_jax.data.pipeline import epochs, local_batch_size, process_shard, shuffle_seed
@@ -108,6 +115,53 @@ def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], 
     while len(a) + len(b) > budget:
         (a if len(a) > len(b) else b).pop()
     return a, b
+
+
+def doc_windows(num_tokens: int, room: int, doc_stride: int) -> list[tuple[int, int]]:
+    """(first token, length) of each window over a context of `num_tokens` tokens, each at
+    most `room` long, each starting `doc_stride` tokens after the last (BERT's run_squad.py
+    doc_spans); one empty window for an empty context."""
+    if room < 1:
+        raise ValueError(f"a QA row of this question leaves {room} tokens for the context; "
+                         "raise config.data.seq_len or lower config.task.max_query_length.")
+    windows, first = [], 0
+    while first < num_tokens:
+        length = min(num_tokens - first, room)
+        windows.append((first, length))
+        if first + length == num_tokens:
+            break
+        first += min(length, doc_stride)
+    return windows or [(0, 0)]
+
+
+def is_max_context(windows: Sequence[tuple[int, int]], window: int, token: int) -> bool:
+    """Whether `window` is the one of `windows` that sees context token `token` with the most
+    context on both sides (min of left and right, + 0.01 * length: run_squad.py's
+    _check_is_max_context); an answer may only start there."""
+    best, best_score = None, None
+    for index, (first, length) in enumerate(windows):
+        last = first + length - 1
+        if first <= token <= last:
+            score = min(token - first, last - token) + 0.01 * length
+            if best_score is None or score > best_score:
+                best, best_score = index, score
+    return best == window
+
+
+@dataclasses.dataclass(frozen=True)
+class QaWindowing:
+    """config.task's doc_stride and max_query_length (BERT's run_squad.py flags)."""
+
+    doc_stride: int
+    max_query_length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _QaTokens:
+    question_ids: list[int]
+    context_ids: list[int]
+    offsets: list[tuple[int, int]]  # each context token's word's character span
+    windows: list[tuple[int, int]]  # (first token, length) of each window
 
 
 class _RowFormatter:
@@ -204,9 +258,10 @@ class _TaskRows:
     epoch or the process count.
     """
 
-    def __init__(self, task: Task, source, formatter: _RowFormatter, seed: int, language: str):
+    def __init__(self, task: Task, source, formatter: _RowFormatter, seed: int, language: str,
+                 qa: QaWindowing | None = None):
         self.task, self.source, self.formatter = task, source, formatter
-        self.seed, self.language = seed, language
+        self.seed, self.language, self.qa = seed, language, qa
         # docstring_similarity: module -> indices of its docstrings, read once up front (every
         # reader thread needs it from its first row).
         self.modules = _module_index(source) if task.name == "docstring_similarity" else {}
@@ -289,8 +344,6 @@ class _TaskRows:
             if task.kind == "seq2seq":
                 return fmt.seq2seq_row(self._encode(self._texts(example)[0]),
                                        self._encode(_text(_feature(example, task.target, task))))
-            if task.kind == "extractive_qa":
-                return self._qa_row(example, index)
             if task.kind == "token_classification":
                 return self._tagged_row(example, index)
             texts, labels = self._texts(example), self._label(example, index)
@@ -327,38 +380,102 @@ class _TaskRows:
         labels[1:1 + kept] = first_piece_tags[:kept]
         return {**row, "labels": labels}
 
-    def _qa_row(self, example: Mapping[str, Any], index: int) -> dict[str, np.ndarray]:
+    def context_pieces(self, context: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The context's word pieces, and each one's word's character span."""
+        context_ids, offsets = [], []
+        for start, end in word_spans(context):
+            pieces = self._encode(context[start:end])
+            context_ids += pieces
+            offsets += [(start, end)] * len(pieces)
+        return context_ids, offsets
+
+    def qa_tokens(self, example: Mapping[str, Any], pieces=None) -> _QaTokens:
+        """The question's ids (cut to config.task.max_query_length, and to half the row), the
+        context's word pieces (`pieces`, or `context_pieces` of it), and the windows over them
+        (BERT's run_squad.py)."""
         question, context = self._texts(example)
+        context_ids, offsets = pieces or self.context_pieces(context)
+        fmt = self.formatter
+        question_ids = self._encode(question)[:min(self.qa.max_query_length,
+                                                   (fmt.seq_len - 3) // 2)]
+        framing = sum(len(part) for part in fmt.pair_layout(True))
+        windows = doc_windows(len(context_ids), fmt.seq_len - framing - len(question_ids),
+                              self.qa.doc_stride)
+        return _QaTokens(question_ids, context_ids, offsets, windows)
+
+    def _qa_row(self, example: Mapping[str, Any], window: int) -> dict[str, np.ndarray]:
+        """The row of one window of the context: context_offsets and max_context on its
+        context tokens, and the answer's first and last token if the window holds it whole
+        (else the [cls] position 0, as the reference)."""
+        tokens = self.qa_tokens(example)
+        first, length = tokens.windows[window]
+        row, context_start = self.formatter.text_row(
+            tokens.question_ids, tokens.context_ids[first:first + length])
+        seq_len = self.formatter.seq_len
+        offsets = np.full((seq_len, 2), -1, np.int32)
+        max_context = np.zeros(seq_len, np.int32)
+        if length:
+            offsets[context_start:context_start + length] = tokens.offsets[first:first + length]
+            max_context[context_start:context_start + length] = [
+                is_max_context(tokens.windows, window, first + t) for t in range(length)]
+        start_position = end_position = 0
+        answer = self._answer_tokens(example, tokens.offsets)
+        if answer is not None and first <= answer[0] and answer[1] < first + length:
+            start_position = context_start + answer[0] - first
+            end_position = context_start + answer[1] - first
+        return {**row, "start_positions": np.int32(start_position),
+                "end_positions": np.int32(end_position), "context_offsets": offsets,
+                "max_context": max_context}
+
+    def _answer_tokens(self, example: Mapping[str, Any], offsets: Sequence[tuple[int, int]]
+                       ) -> tuple[int, int] | None:
+        """The first and last context token of the first answer (None: no answer, as SQuAD
+        v2.0's impossible questions, or one not in the context)."""
+        context = self._texts(example)[1]
         answers = _feature(example, self.task.target, self.task)
         answer_texts = [_text(t) for t in np.atleast_1d(answers["text"])]
         answer_starts = np.atleast_1d(answers["answer_start"])
-        spans = word_spans(context)
-        context_ids, word_of_token = [], []
-        for word, (start, end) in enumerate(spans):
-            pieces = self._encode(context[start:end])
-            context_ids += pieces
-            word_of_token += [word] * len(pieces)
-        # The question keeps at most half the row, so truncation only ever cuts the context
-        # (BERT's max_query_length, §4.2's code).
-        question_ids = self._encode(question)[:(self.formatter.seq_len - 3) // 2]
-        row, context_start = self.formatter.text_row(question_ids, context_ids)
-        kept = int(row["segment_ids"].sum()) - context_start - 1  # context tokens kept
-        offsets = np.full((self.formatter.seq_len, 2), -1, np.int32)
-        offsets[context_start:context_start + kept] = [spans[w] for w in word_of_token[:kept]]
-        start_position = end_position = 0
-        if answer_texts and answer_texts[0]:
-            answer_start = int(answer_starts[0]) if len(answer_starts) else -1
-            if context[answer_start:answer_start + len(answer_texts[0])] != answer_texts[0]:
-                answer_start = context.find(answer_texts[0])  # a wrong offset: find the text
-            if answer_start >= 0:
-                answer_end = answer_start + len(answer_texts[0])
-                inside = [t for t in range(kept) if spans[word_of_token[t]][0] < answer_end
-                          and spans[word_of_token[t]][1] > answer_start]
-                if inside:
-                    start_position = context_start + inside[0]
-                    end_position = context_start + inside[-1]
-        return {**row, "start_positions": np.int32(start_position),
-                "end_positions": np.int32(end_position), "context_offsets": offsets}
+        if not answer_texts or not answer_texts[0]:
+            return None
+        answer_start = int(answer_starts[0]) if len(answer_starts) else -1
+        if context[answer_start:answer_start + len(answer_texts[0])] != answer_texts[0]:
+            answer_start = context.find(answer_texts[0])  # a wrong offset: find the text
+        if answer_start < 0:
+            return None
+        answer_end = answer_start + len(answer_texts[0])
+        inside = [t for t, (start, end) in enumerate(offsets)
+                  if start < answer_end and end > answer_start]
+        return (inside[0], inside[-1]) if inside else None
+
+
+class _WindowRows:
+    """extractive_qa: window index (into `table`, [windows, 2] of example index and window
+    number) -> that window's row; a class, not a closure, so it pickles."""
+
+    def __init__(self, rows: _TaskRows, table: np.ndarray):
+        self.rows, self.table = rows, table
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        example_index, window = (int(i) for i in self.table[index])
+        return {**self.rows._qa_row(self.rows.source[example_index], window),
+                "example_index": np.int32(example_index)}
+
+
+def qa_window_table(rows: _TaskRows) -> np.ndarray:
+    """[windows, 2]: (example index, window number) of every window of every example of
+    rows.source, in order; a context shared by several questions is tokenized once."""
+    pieces: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+    table = []
+    for index in range(len(rows.source)):
+        example = rows.source[index]
+        context = rows._texts(example)[1]
+        if context not in pieces:
+            pieces[context] = rows.context_pieces(context)
+        count = len(rows.qa_tokens(example, pieces[context]).windows)
+        table += [(index, window) for window in range(count)]
+    logging.info("%s: %d questions read in %d windows (config.task.doc_stride=%d)",
+                 rows.task.name, len(rows.source), len(table), rows.qa.doc_stride)
+    return np.asarray(table, np.int32).reshape(-1, 2)
 
 
 def _language_index(config: ml_collections.ConfigDict, language: str) -> int:
@@ -407,8 +524,8 @@ def references(config: ml_collections.ConfigDict, example: Mapping[str, Any]) ->
     labels in the rows: read `labels` there.)"""
     task = get_task(config.task.name)
     value = _feature(example, task.target, task)
-    if task.kind == "extractive_qa":
-        return [_text(answer) for answer in np.atleast_1d(value["text"])]
+    if task.kind == "extractive_qa":  # SQuAD v2.0: '' is the answer of an unanswerable one
+        return [_text(answer) for answer in np.atleast_1d(value["text"])] or [""]
     if task.kind == "seq2seq":
         return _text(value)
     if task.kind in ("multiple_choice", "token_classification") or (
@@ -452,9 +569,15 @@ def finetune_rows(
                          f"fewer than the {process_count} processes that share it or the "
                          f"{task.num_labels} choices drawn from it; use a larger split.")
     formatter = _RowFormatter(tokenizer, spec, config.data.seq_len, lang_id, target_lang_id)
-    indices = process_shard(grain.MapDataset.range(len(source)), process_index, process_count)
+    rows = _TaskRows(task, source, formatter, shuffle_seed(config), language,
+                     QaWindowing(config.task.doc_stride, config.task.max_query_length))
+    mapper, count = rows, len(source)
+    if task.kind == "extractive_qa":  # a row per window of each context (doc stride)
+        mapper = _WindowRows(rows, qa_window_table(rows))
+        count = len(mapper.table)
+    indices = process_shard(grain.MapDataset.range(count), process_index, process_count)
     indices = epochs(indices, config, shuffle, repeat)
-    return indices.map(_TaskRows(task, source, formatter, shuffle_seed(config), language))
+    return indices.map(mapper)
 
 
 def finetune_dataset(

@@ -59,6 +59,9 @@ class Task:
     eval_split: str = "validation"
     languages: tuple[str, ...] = ()
     label_names: tuple[str, ...] = ()
+    # extractive_qa: some questions have no answer in their context (SQuAD v2.0); '' is then a
+    # prediction (config.task.null_score_diff_threshold) and the gold answer of such a one.
+    has_unanswerable: bool = False
 
     @property
     def is_regression(self) -> bool:
@@ -112,6 +115,8 @@ _TASKS = [
                       "I-MISC")),
     Task("squad", "extractive_qa", "squad/v1.1", ("question", "context"), "answers", 0,
          ("exact_match", "squad_f1")),
+    Task("squad_v2", "extractive_qa", "squad/v2.0", ("question", "context"), "answers", 0,
+         ("exact_match", "squad_f1"), has_unanswerable=True),
     Task("cnn_dailymail", "seq2seq", "cnn_dailymail", ("article",), "highlights", 0,
          ("rouge1", "rouge2", "rougeL"), splits=("train", "validation", "test")),
     Task("xsum", "seq2seq", "xsum", ("document",), "summary", 0,

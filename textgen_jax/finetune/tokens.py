@@ -6,10 +6,11 @@ token_classification: the sums run over the tagged tokens (each word's first pie
   IGNORE_LABEL; 'tokens' counts them), so the loop's division gives the mean cross entropy and
   tag accuracy per word. Scored by CoNLL's entity F1 over the IOB tags of Task.label_names, read
   at the same positions (a word cut off by seq_len is neither predicted nor scored).
-extractive_qa: the sums run over examples; an example's loss is (CE(start) + CE(end)) / 2 over
-  the row's positions (BERT §4.2), its 'accuracy' the fraction of its start and end predicted
-  exactly. Scored by SQuAD's exact match and F1 of the best span (`best_answer_span`, with
-  config.task.max_answer_length and n_best) against the example's answers.
+extractive_qa: the sums run over rows (a context's windows); a row's loss is (CE(start) +
+  CE(end)) / 2 over its positions (BERT §4.2), its 'accuracy' the fraction of its start and end
+  predicted exactly. Scored by SQuAD's exact match and F1 of each question's best span across
+  its windows (`answers.best_answer`, with config.task.max_answer_length, n_best and, for a
+  task with unanswerable questions, null_score_diff_threshold) against its answers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from textgen_jax.config import ConfigError
 from textgen_jax.data.masking import IGNORE_LABEL
 from textgen_jax.data.sources import example_text
 from textgen_jax.data.tokenizer import Tokenizer
-from textgen_jax.finetune.answers import best_answer_span
+from textgen_jax.finetune.answers import Window, best_answer
 from textgen_jax.finetune.forward import model_outputs
 from textgen_jax.finetune.metrics import compute_metrics
 from textgen_jax.finetune.pipelines import (FINETUNE_PIECES, KIND_ARCHS, finetune_dataset,
@@ -74,11 +75,13 @@ def token_classification_predict_fn(model, params, batch: dict[str, jax.Array], 
 
 def extractive_qa_predict_fn(model, params, batch: dict[str, jax.Array], *,
                              spec: ArchitectureSpec) -> dict[str, jax.Array]:
-    """{'start_logits', 'end_logits' [B, L], and the rows' 'context_offsets' [B, L, 2] and
-    'example_index' [B]}: what `extractive_qa_score` decodes answer texts from."""
+    """{'start_logits', 'end_logits' [B, L], and the rows' 'context_offsets' [B, L, 2],
+    'max_context' [B, L] and 'example_index' [B]}: what `extractive_qa_score` decodes answer
+    texts from."""
     logits = span_logits(spec, model, params, batch)
     return {"start_logits": logits[:, 0], "end_logits": logits[:, 1],
-            "context_offsets": batch["context_offsets"], "example_index": batch["example_index"]}
+            "context_offsets": batch["context_offsets"], "max_context": batch["max_context"],
+            "example_index": batch["example_index"]}
 
 
 def entity_f1_score(config: ml_collections.ConfigDict, tokenizer: Tokenizer, split: str,
@@ -96,19 +99,24 @@ def entity_f1_score(config: ml_collections.ConfigDict, tokenizer: Tokenizer, spl
 
 def extractive_qa_score(config: ml_collections.ConfigDict, tokenizer: Tokenizer, split: str,
                         outputs: dict[str, np.ndarray], *, task: Task) -> dict[str, float]:
-    """The task's metrics (exact match, F1) of each row's best answer span against its
-    example's answers, read back from `split` by example_index; outputs of
-    `extractive_qa_predict_fn`, concatenated over the evaluation batches."""
+    """The task's metrics (exact match, F1) of each question's best answer across its windows
+    against its answers, read back from `split` by example_index; outputs of
+    `extractive_qa_predict_fn`, concatenated over the evaluation batches (a window seen twice,
+    when the batches wrap around the split, changes nothing)."""
     del tokenizer
     source = task_source(config, split)
+    windows: dict[int, list[Window]] = {}
+    for row in zip(outputs["start_logits"], outputs["end_logits"], outputs["context_offsets"],
+                   outputs["max_context"], outputs["example_index"]):
+        windows.setdefault(int(row[-1]), []).append(Window(*row[:-1]))
+    threshold = config.task.null_score_diff_threshold if task.has_unanswerable else None
     predictions, answers = [], []
-    for start_logits, end_logits, offsets, index in zip(
-            outputs["start_logits"], outputs["end_logits"], outputs["context_offsets"],
-            outputs["example_index"]):
-        example = source[int(index)]
-        predictions.append(best_answer_span(
-            start_logits, end_logits, offsets, example_text(example, task.inputs[1]),
-            max_answer_length=config.task.max_answer_length, n_best=config.task.n_best))
+    for index, rows in windows.items():
+        example = source[index]
+        predictions.append(best_answer(
+            rows, example_text(example, task.inputs[1]),
+            max_answer_length=config.task.max_answer_length, n_best=config.task.n_best,
+            null_score_diff_threshold=threshold))
         answers.append(references(config, example))
     return compute_metrics(task.metrics, predictions, answers)
 
