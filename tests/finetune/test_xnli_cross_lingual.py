@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score
 import textgen_jax
 from textgen_jax import models
 from textgen_jax.finetune.pipelines import finetune_dataset
-from textgen_jax.finetune.tasks import in_language
+from textgen_jax.finetune.tasks import XNLI_LANGUAGES, in_language
 from textgen_jax.training.loop import train_and_evaluate
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -128,3 +128,57 @@ def test_eval_languages_a_task_lacks_are_named(task_config):
         with pytest.raises(ValueError, match=f"task '{task}' is not a multilingual "
                                              "classification task"):
             in_language(config, "de")
+
+
+# ---- XLM §5.2's protocol: MNLI in English, XNLI zero-shot in every language -----------------
+
+def _zero_shot_examples(calls):
+    """multi_nli: English pairs (its own texts); xnli: the pairs above in all 15 languages (each
+    language's text tagged with its code, so every language reads a text of its own)."""
+    def examples(builder, split, **_):
+        calls.append((builder.name, split))
+        if builder.name == "multi_nli":
+            return [{"premise": premise["en"].encode(), "hypothesis": hypothesis["en"].encode(),
+                     "label": np.int64(label)}
+                    for premise, hypothesis, label in zip(PREMISES[::-1], HYPOTHESES[::-1],
+                                                          LABELS[::-1])]
+        text = lambda texts, lang: texts.get(lang, f"{lang}: {texts['en']}")  # noqa: E731
+        return [{"premise": {lang: text(premise, lang).encode() for lang in XNLI_LANGUAGES},
+                 "hypothesis": {"language": np.array([lang.encode() for lang in XNLI_LANGUAGES]),
+                                "translation": np.array([text(hypothesis, lang).encode()
+                                                         for lang in XNLI_LANGUAGES])},
+                 "label": np.int64(label)}
+                for premise, hypothesis, label in zip(PREMISES, HYPOTHESES, LABELS)]
+    return examples
+
+
+def test_zero_shot_fine_tunes_on_mnli_and_reports_every_xnli_language(stdlib_tokenizer,
+                                                                      tmp_path):
+    config = _preset("zero_shot,bert")
+    assert (config.task.name, config.data.train_split, config.data.eval_split) == (
+        "xnli_zero_shot", "train", "test")
+    assert set(config.task.eval_languages) == set(XNLI_LANGUAGES) - {"en"}
+    config.model.update(num_layers=1, d_model=32, num_heads=2, d_ff=64, max_len=64,
+                        dtype="float32")
+    config.data.update(data_dir=str(tmp_path / "tfds"), seq_len=32, global_batch_size=4)
+    config.optim.update(warmup_steps=1, lr=1e-3)
+    config.train.update(num_steps=2, log_every=1, eval_every=2, checkpoint_every=2,
+                        eval_batches=1, async_checkpointing=False)
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    stdlib_tokenizer.save(workdir / "tokenizer.model")
+    calls = []
+    with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=_zero_shot_examples(calls)):
+        result = train_and_evaluate(config, str(workdir))
+    assert result["step"] == 2
+    # Trained on MNLI's training set only; XNLI read for evaluation only.
+    assert {split for name, split in calls if name == "multi_nli"} == {"train"}
+    assert {split for name, split in calls if name == "xnli"} == {"test"}
+    final = read_metrics(workdir, "eval")[2]
+    for language in XNLI_LANGUAGES:
+        name = "accuracy" if language == "en" else f"accuracy_{language}"
+        assert 0.0 <= final[name] <= 1.0, language
+    # Each language reads its own text: losses differ from English's.
+    assert all(abs(final[f"loss_{language}"] - final["loss"]) > 1e-6
+               for language in XNLI_LANGUAGES[1:])

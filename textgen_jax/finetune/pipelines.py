@@ -259,9 +259,10 @@ class _TaskRows:
     """
 
     def __init__(self, task: Task, source, formatter: _RowFormatter, seed: int, language: str,
-                 qa: QaWindowing | None = None):
+                 qa: QaWindowing | None = None, dataset: str = ""):
         self.task, self.source, self.formatter = task, source, formatter
         self.seed, self.language, self.qa = seed, language, qa
+        self.dataset = dataset or task.dataset  # the split's (Task.dataset_for)
         # docstring_similarity: module -> indices of its docstrings, read once up front (every
         # reader thread needs it from its first row).
         self.modules = _module_index(source) if task.name == "docstring_similarity" else {}
@@ -285,7 +286,7 @@ class _TaskRows:
         return np.int32(label)
 
     def _texts(self, example: Mapping[str, Any]) -> list[str]:
-        if self.task.name == "xnli":  # premise: {lang: text}; hypothesis: parallel lists
+        if self.dataset == "xnli":  # premise: {lang: text}; hypothesis: parallel lists
             premise = _feature(example, "premise", self.task)
             hypothesis = _feature(example, "hypothesis", self.task)
             languages = [_text(x) for x in hypothesis["language"]]
@@ -496,9 +497,9 @@ def task_languages(config: ml_collections.ConfigDict, task: Task, language: str 
     config.task.language, else the task's first ('en' for a task without languages)."""
     language = language or config.task.language or (
         task.languages[0] if task.languages else "en")
-    if task.name == "xnli" and language not in task.languages:
-        raise ValueError(f"config.task.language={language!r} is not an XNLI language; use one "
-                         f"of {task.languages}.")
+    if task.languages and task.kind != "seq2seq" and language not in task.languages:
+        raise ValueError(f"config.task.language={language!r} is not an XNLI language (task "
+                         f"{task.name!r}); use one of {task.languages}.")
     if not spec_for(config.model).uses_languages:
         return language, 0, 0
     target = (_language_index(config, task.languages[1])
@@ -513,7 +514,7 @@ def task_source(config: ml_collections.ConfigDict, split: str) -> Sequence[Mappi
     task.check_split(split)
     data_config = copy.deepcopy(config.data)
     data_config.unlock()
-    data_config.update(dataset=task.dataset, files="")
+    data_config.update(dataset=task.dataset_for(split), files="")
     return open_source(data_config, split, check_text_key=False)
 
 
@@ -570,7 +571,8 @@ def finetune_rows(
                          f"{task.num_labels} choices drawn from it; use a larger split.")
     formatter = _RowFormatter(tokenizer, spec, config.data.seq_len, lang_id, target_lang_id)
     rows = _TaskRows(task, source, formatter, shuffle_seed(config), language,
-                     QaWindowing(config.task.doc_stride, config.task.max_query_length))
+                     QaWindowing(config.task.doc_stride, config.task.max_query_length),
+                     task.dataset_for(split))
     mapper, count = rows, len(source)
     if task.kind == "extractive_qa":  # a row per window of each context (doc stride)
         mapper = _WindowRows(rows, qa_window_table(rows))

@@ -62,6 +62,9 @@ class Task:
     # extractive_qa: some questions have no answer in their context (SQuAD v2.0); '' is then a
     # prediction (config.task.null_score_diff_threshold) and the gold answer of such a one.
     has_unanswerable: bool = False
+    # Splits read from another dataset than `dataset`: (split, dataset) pairs (zero-shot XNLI
+    # trains on multi_nli and evaluates on xnli's splits).
+    split_datasets: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_regression(self) -> bool:
@@ -71,6 +74,15 @@ class Task:
     def both_orders(self) -> bool:
         """Whether GPT reads the pair in both orders (GPT §3.3, similarity)."""
         return self.kind == "similarity"
+
+    def dataset_for(self, split: str) -> str:
+        """The TFDS dataset `split` (a split string, as check_split's) is read from."""
+        datasets = {dict(self.split_datasets).get(part.split("[")[0].strip(), self.dataset)
+                    for part in split.split("+")}
+        if len(datasets) > 1:
+            raise ValueError(f"Split {split!r} of task {self.name!r} mixes the datasets "
+                             f"{sorted(datasets)}; read one at a time.")
+        return datasets.pop()
 
     def check_split(self, split: str) -> None:
         """Raises naming the available splits when a base split of `split` (a TFDS split
@@ -123,13 +135,20 @@ _TASKS = [
          ("rouge1", "rouge2", "rougeL"), splits=("train", "validation", "test")),
     Task("wmt14_translate/de-en", "seq2seq", "wmt14_translate/de-en", ("de",), "en", 0,
          ("bleu",), splits=("train", "validation", "test"), languages=("de", "en")),
-    # XNLI has no training split of its own: the paper's zero-shot transfer fine-tunes on
-    # glue/mnli (English) and evaluates here with config.task.language set to each language.
-    # Here: fine-tune on its validation split in config.task.language and report the test
-    # accuracy in each of config.task.eval_languages too (accuracy_<lang>).
+    # XNLI has no training split of its own: "xnli" fine-tunes on its validation split in
+    # config.task.language and reports the test accuracy in each of config.task.eval_languages
+    # too (accuracy_<lang>); "xnli_zero_shot" below is the paper's protocol.
     Task("xnli", "classification", "xnli", ("premise", "hypothesis"), "label", 3, ("accuracy",),
          splits=("validation", "test"), train_split="validation", eval_split="test",
          languages=XNLI_LANGUAGES),
+    # XLM §5.2's protocol, zero-shot transfer: fine-tune on MNLI's English training set
+    # (multi_nli; its labels are XNLI's: entailment, neutral, contradiction) and evaluate on
+    # XNLI's test split in config.task.language and each of config.task.eval_languages.
+    Task("xnli_zero_shot", "classification", "multi_nli", ("premise", "hypothesis"), "label", 3,
+         ("accuracy",), splits=("train", "validation_matched", "validation_mismatched",
+                                "validation", "test"),
+         train_split="train", eval_split="test", languages=XNLI_LANGUAGES,
+         split_datasets=(("validation", "xnli"), ("test", "xnli"))),
     # The embedded corpus.
     Task("docstring_kind", "classification", "stdlib_docstrings/kinds", ("text",), "label", 3,
          ("macro_f1", "accuracy")),  # ~80% of docstrings are functions: macro F1 first
