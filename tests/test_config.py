@@ -39,6 +39,16 @@ def test_base_config_is_valid():
                                     "config.model.num_decoder_heads=3"]),
     ("model.decoder_d_ff", -1, ["config.model.decoder_d_ff=-1"]),
     ("model.dtype", "float16", ["config.model.dtype='float16'"]),
+    ("optim.lr", -1.0, ["config.optim.lr=-1.0", "positive learning rate"]),
+    ("optim.lr", float("nan"), ["config.optim.lr=nan"]),
+    ("optim.b2", 1.0, ["config.optim.b2=1.0", "[0, 1)"]),
+    ("data.global_batch_size", 0, ["config.data.global_batch_size=0", "positive"]),
+    ("model.dropout", 1.0, ["config.model.dropout=1.0", "[0, 1)"]),
+    ("noise.infill_rate", 1.5, ["config.noise.infill_rate=1.5", "[0, 1]"]),
+    ("train.num_steps", 0, ["config.train.num_steps=0"]),
+    ("task.num_beams", 0, ["config.task.num_beams=0"]),
+    ("task.doc_stride", 0, ["config.task.doc_stride=0"]),
+    ("sample.temperature", -0.5, ["config.sample.temperature=-0.5"]),
     ("data.seq_len", 512, ["config.data.seq_len=512", "config.model.max_len=256"]),
     ("optim.decay", "step", ["config.optim.decay='step'"]),
     ("optim.grad_accum_steps", 0, ["config.optim.grad_accum_steps=0"]),
@@ -79,8 +89,8 @@ def _parameter_count(config) -> int:
 
 
 def _transformers_count(config) -> int:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     m = config.model
     hf_config = transformers.GPT2Config(
         n_layer=m.num_layers, n_embd=m.d_model, n_head=m.num_heads, n_inner=m.d_ff,
@@ -117,3 +127,21 @@ def test_cli_rejects_an_unknown_config_key_before_touching_the_workdir(tmp_path)
     assert "unknown config key 'lrr'" in result.stderr and '"lr"' in result.stderr
     assert "Traceback" not in result.stderr
     assert not workdir.exists()
+
+
+def test_cli_names_an_unknown_preset_or_a_bad_value_in_one_line(tmp_path):
+    def train(*flags):
+        return subprocess.run(
+            [sys.executable, "-m", "textgen_jax.cli", "train", "--workdir",
+             str(tmp_path / "run"), *flags], cwd=REPO, capture_output=True, text=True,
+            timeout=120)
+    unknown = train("--config", "configs/gpt2.py:huge")
+    assert unknown.returncode == 2, unknown.stderr
+    assert "unknown gpt2 preset 'huge'" in unknown.stderr.splitlines()[0]
+    assert "Traceback" not in unknown.stderr
+    negative = train("--config", "configs/gpt2.py:tiny", "--config.optim.lr=-1")
+    assert negative.returncode == 1, negative.stderr
+    assert negative.stderr.strip().splitlines()[-1] == (
+        "textgen-jax train: error: config.optim.lr=-1.0 is out of range: use a positive "
+        "learning rate, e.g. 3e-4.")
+    assert "Traceback" not in negative.stderr

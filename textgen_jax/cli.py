@@ -189,6 +189,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _usage_error(f"unknown config key {detail} (--config.KEY must name a field of the "
                      "config file; see textgen_jax/config.py)")
         raise  # unreachable: _usage_error exits
+    except flags.IllegalFlagValueError as error:
+        # A config file's get_config raised (an unknown preset names its choices): its message.
+        cause = error.__cause__ or error.__context__ or error
+        while (cause.__cause__ or cause.__context__) is not None:
+            cause = cause.__cause__ or cause.__context__
+        _usage_error(f"{' '.join(str(cause).split())}")
+        raise  # unreachable: _usage_error exits
 
 
 def _check_arguments(argv: list[str]) -> str:

@@ -7,6 +7,7 @@ A preset in configs/ calls `base_config()` and overrides leaves; the CLI then ap
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import ml_collections
@@ -141,6 +142,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_commit_file = False
     # Parameters not trained: '/'-joined path prefixes, e.g. ('token_embed', 'block_0').
     c.train.freeze = ()
+    # Resuming with another training stream (checkpoint.DATA_KEYS: dataset, seq_len, batch,
+    # ...) is refused, since the checkpoint's iterator position belongs to the old one; True
+    # resumes the model and optimizer and starts the new stream from its beginning.
+    c.train.restart_data = False
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompts = ("Return the",)
@@ -183,9 +188,84 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the value and the fix."""
 
 
+# The valid range of every numeric leaf that has one: key -> (low, high, what a valid value
+# is). Bounds are inclusive unless written as ('>', x) or ('<', x).
+_RANGES: dict[str, tuple[Any, Any, str]] = {
+    "model.num_layers": (1, None, "a positive number of layers"),
+    "model.d_model": (1, None, "a positive width"),
+    "model.d_ff": (1, None, "a positive width"),
+    "model.max_len": (1, None, "a positive number of positions"),
+    "model.vocab_size": (0, None, "0 (the tokenizer's size) or a positive size"),
+    "model.dropout": (0.0, ("<", 1.0), "a probability in [0, 1)"),
+    "model.attention_dropout": (0.0, ("<", 1.0), "a probability in [0, 1)"),
+    "model.layer_norm_eps": ((">", 0.0), None, "a positive epsilon"),
+    "model.init_std": ((">", 0.0), None, "a positive standard deviation"),
+    "model.num_labels": (0, None, "0 (no classifier) or a number of labels"),
+    "model.num_languages": (1, None, "1 or more languages"),
+    "data.seq_len": (2, None, "at least 2 tokens"),
+    "data.global_batch_size": (1, None, "a positive number of sequences"),
+    "data.worker_count": (0, None, "0 (read in the training process) or more workers"),
+    "data.language_alpha": (0.0, 1.0, "an exponent in [0, 1]"),
+    "noise.mask_rate": (0.0, 1.0, "a rate in [0, 1]"),
+    "noise.infill_rate": (0.0, 1.0, "a rate in [0, 1]"),
+    "noise.delete_rate": (0.0, 1.0, "a rate in [0, 1]"),
+    "noise.poisson_lambda": ((">", 0.0), None, "a positive mean span length"),
+    "tokenizer.vocab_size": (8, None, "a vocabulary of 8 pieces or more"),
+    "tokenizer.max_train_chars": (1, None, "a positive number of characters"),
+    "optim.lr": ((">", 0.0), None, "a positive learning rate, e.g. 3e-4"),
+    "optim.warmup_steps": (0, None, "0 or more steps"),
+    "optim.end_lr_ratio": (0.0, 1.0, "a fraction of the peak lr in [0, 1]"),
+    "optim.b1": (0.0, ("<", 1.0), "a decay in [0, 1)"),
+    "optim.b2": (0.0, ("<", 1.0), "a decay in [0, 1)"),
+    "optim.eps": ((">", 0.0), None, "a positive epsilon"),
+    "optim.weight_decay": (0.0, None, "0 or a positive decay"),
+    "optim.clip_norm": (0.0, None, "0 (no clipping) or a positive norm"),
+    "train.num_steps": (1, None, "a positive number of steps"),
+    "train.log_every": (1, None, "a positive number of steps"),
+    "train.eval_every": (1, None, "a positive number of steps"),
+    "train.eval_batches": (1, None, "a positive number of batches"),
+    "train.checkpoint_every": (1, None, "a positive number of steps"),
+    "train.keep_checkpoints": (1, None, "1 or more checkpoints"),
+    "sample.max_new_tokens": (1, None, "a positive number of tokens"),
+    "sample.temperature": (0.0, None, "0 (greedy) or a positive temperature"),
+    "sample.top_k": (0, None, "0 (off) or a positive k"),
+    "task.lm_weight": (0.0, None, "0 or a positive weight"),
+    "task.label_smoothing": (0.0, ("<", 1.0), "a smoothing in [0, 1)"),
+    "task.num_beams": (1, None, "1 (greedy) or more beams"),
+    "task.max_target_length": (1, None, "a positive number of tokens"),
+    "task.min_target_length": (0, None, "0 or more tokens"),
+    "task.length_penalty": (None, None, "a number"),
+    "task.no_repeat_ngram_size": (0, None, "0 (off) or an n-gram size"),
+}
+
+
+def _in_range(value: Any, low: Any, high: Any) -> bool:
+    def holds(bound, above: bool) -> bool:
+        if bound is None:
+            return True
+        strict, limit = bound if isinstance(bound, tuple) else (None, bound)
+        if above:
+            return value > limit if strict else value >= limit
+        return value < limit if strict else value <= limit
+    return holds(low, True) and holds(high, False)
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    for key, (low, high, valid) in _RANGES.items():
+        section, leaf = key.split(".")
+        if section not in config or leaf not in config[section]:
+            continue  # a config saved before the key
+        value = config[section][leaf]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config.{key}={value!r} is not a number: use {valid}.")
+        if math.isnan(value) or not _in_range(value, low, high):
+            raise ConfigError(f"config.{key}={value!r} is out of range: use {valid}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks values that do not depend on the devices; raises ConfigError."""
     m, d, o = config.model, config.data, config.optim
+    _check_ranges(config)
     for key in ("num_heads", "num_decoder_heads"):
         heads = m.get(key, 0)  # configs saved before num_decoder_heads lack it
         if heads < 0 or (heads and m.d_model % heads):

@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from textgen_jax import models
 from textgen_jax.convert import export_hf, import_hf
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 TOLERANCE = 1e-4
 BATCH = 3

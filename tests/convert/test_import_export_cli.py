@@ -8,13 +8,12 @@ import subprocess
 
 import numpy as np
 import pytest
+import tokenizers
+import torch
+import transformers
 
 from conftest import REPO, cli_command, cli_env, read_metrics
 from textgen_jax.data.corpus import prepared_stdlib_docstrings
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 
 
 def _cli(command: str, workdir, *flags: str, check: bool = True) -> subprocess.CompletedProcess:

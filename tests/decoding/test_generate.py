@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from textgen_jax.convert import from_transformers
 from textgen_jax.decoding.generate import (GenerationOptions, generate_ids, generator_for,
@@ -27,8 +29,6 @@ from textgen_jax.models.xlm import Xlm
 
 from conftest import count_compiles
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 VOCAB, MAX_LEN, PAD = 97, 40, 0
 # Prompts of different lengths: one batch is left-padded to the longest.

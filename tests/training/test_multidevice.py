@@ -33,6 +33,9 @@ def test_eight_devices_match_one_device_and_restore_on_one(tmp_path, tiny_run, c
     assert sorted(losses_one) == sorted(losses_eight) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert losses_eight[step]["loss"] == pytest.approx(losses_one[step]["loss"], rel=1e-5)
+        # The gradient too (a wrong scale would hide behind AdamW and clipping in the loss).
+        assert losses_eight[step]["grad_norm"] == pytest.approx(losses_one[step]["grad_norm"],
+                                                                rel=1e-4)
     assert losses_one[STEPS]["loss"] < losses_one[1]["loss"] - 0.05  # it did learn
 
     # The 8-device checkpoint, restored by textgen_jax.load in a fresh 1-device process.
@@ -84,6 +87,31 @@ for moment in (adam.mu, adam.nu):
 # A batch is split over data x fsdp and replicated over tensor.
 batch = partitioning.global_batch({"inputs": np.zeros((8, 16), np.int32)}, mesh)["inputs"]
 assert axes(batch) == (("data", "fsdp"), None) and shard_shape(batch) == (2, 16)
+
+# Every architecture (both stacks of an encoder-decoder, cross-attention included): each
+# attention and MLP kernel and the token table are split over 'tensor' as above.
+from flax import traverse_util
+EXPECTED = {("query", "kernel"): ("fsdp", "tensor", None), ("key", "kernel"): ("fsdp", "tensor", None),
+            ("value", "kernel"): ("fsdp", "tensor", None), ("out", "kernel"): ("tensor", None, "fsdp"),
+            ("fc_in", "kernel"): ("fsdp", "tensor"), ("fc_out", "kernel"): ("tensor", "fsdp"),
+            ("token_embed", "embedding"): ("tensor", "fsdp")}
+for arch, extra in (("gpt", {}), ("bert", {}), ("xlm", {"num_languages": 2}),
+                    ("bart", {"num_decoder_layers": 1}),
+                    ("xlm", {"encoder_decoder": True, "num_languages": 2})):
+    config = config_lib.base_config()
+    config.model.update(arch=arch, num_layers=1, d_model=32, num_heads=4, d_ff=64, max_len=16,
+                        **extra)
+    model = build_model(config.model, vocab_size=64)
+    state, _ = steps.create_state(model, tx, 16, mesh, seed=0)
+    flat = traverse_util.flatten_dict(state.params)
+    for path, leaf in flat.items():
+        want = EXPECTED.get(path[-2:])
+        if want is not None:
+            assert axes(leaf) == want, (arch, path, axes(leaf))
+    kinds = {path[-2] for path in flat if path[-2:] in EXPECTED}
+    assert kinds == {"query", "key", "value", "out", "fc_in", "fc_out", "token_embed"}, (arch, kinds)
+    if extra.get("encoder_decoder") or arch == "bart":
+        assert any("cross_attention" in path for path in flat if path[-2:] in EXPECTED), arch
 print("OK")
 """
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from textgen_jax import data as data_lib
 from textgen_jax.config import ConfigError, base_config
@@ -30,6 +33,35 @@ CONFIG_FILE = "config.json"
 # layout of the parameter tree, per layer or stacked).
 SHAPE_KEYS = ("arch", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size",
               "num_decoder_layers", "num_decoder_heads", "decoder_d_ff", "scan_layers")
+
+
+# The leaves that decide the training stream: a resume under other values would restore the
+# iterator position of another pipeline (config.train.restart_data starts the new one over).
+DATA_KEYS = ("objective", "task.name", "data.dataset", "data.files", "data.text_key",
+             "data.train_split", "data.seq_len", "data.global_batch_size",
+             "data.shuffle_buffer_seed", "data.input_shards", "data.languages",
+             "data.language_features", "data.parallel_dataset", "data.language_alpha")
+
+
+def _leaf(values: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return tuple(values) if isinstance(values, list) else values
+
+
+def data_changes(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> list[str]:
+    """'config.KEY: checkpoint A, now B' for each DATA_KEYS leaf that differs from the
+    workdir's config.json (the config its checkpoints were trained with)."""
+    saved = read_config(workdir)
+    if saved is None:
+        return []
+    defaults, now = base_config().to_dict(), config.to_dict()
+    changes = []
+    for key in DATA_KEYS:
+        before = _leaf(saved, key) if _leaf(saved, key) is not None else _leaf(defaults, key)
+        if before != _leaf(now, key):
+            changes.append(f"config.{key}: checkpoint {before!r}, now {_leaf(now, key)!r}")
+    return changes
 
 
 def workdir_path(workdir: str | os.PathLike) -> epath.Path:
@@ -128,13 +160,53 @@ def restore_params(workdir: str | os.PathLike, abstract_params: Any, step: int |
             atomicity_options=_atomicity(commit_file)))
     else:
         mngr = manager(workdir, commit_file=commit_file)
-    step = mngr.latest_step() if step is None else step
-    if step is None:
+    candidates = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
+    if not candidates:
         raise FileNotFoundError(f"no checkpoint in {workdir_path(workdir) / CHECKPOINT_DIR}; "
                                 "train first (textgen-jax train --workdir ...).")
-    params = restore_params_from(mngr, step, abstract_params)
-    mngr.close()
-    return params, step
+    try:
+        for index, candidate in enumerate(candidates):
+            try:
+                params = restore_params_from(mngr, candidate, abstract_params)
+            except Exception as error:  # noqa: BLE001  (any unreadable file: try the next)
+                if step is not None or index == len(candidates) - 1:
+                    raise unreadable_error(workdir, candidate, error) from error
+                logging.warning("checkpoint %d of %s cannot be restored (%s); reading step %d "
+                                "instead", candidate, workdir, describe(error),
+                                candidates[index + 1])
+                continue
+            return params, candidate
+    finally:
+        mngr.close()
+    raise AssertionError("unreachable")
+
+
+def describe(error: BaseException) -> str:
+    """One line of what went wrong with a checkpoint (its exception's first line)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def unreadable_error(workdir: str | os.PathLike, step: int, error: BaseException) -> ConfigError:
+    return ConfigError(f"checkpoint {step} of {workdir} cannot be restored ({describe(error)}), "
+                       "and no earlier checkpoint can either: the workdir's checkpoints are "
+                       "damaged. Start a new --workdir (or init_from one that is intact).")
+
+
+UNREADABLE_DIR = "unreadable_checkpoints"
+
+
+def set_aside(mngr: ocp.CheckpointManager, workdir: str | os.PathLike, step: int) -> epath.Path:
+    """Moves checkpoint `step` out of the manager's directory into workdir/
+    unreadable_checkpoints/<step> (process 0; every process waits), so that the run can save
+    that step again; returns where it went."""
+    target = workdir_path(workdir) / UNREADABLE_DIR / f"{step}-{int(time.time())}"
+    if jax.process_index() == 0:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (epath.Path(mngr.directory) / str(step)).rename(target)
+    multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+    mngr.reload()
+    return target
 
 
 def read_config(workdir: str | os.PathLike) -> dict[str, Any] | None:

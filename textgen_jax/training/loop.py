@@ -20,6 +20,11 @@ from textgen_jax.finetune.objectives import objective_for
 from textgen_jax.finetune.tasks import in_language
 from textgen_jax.training import (checkpoint, init_from, metrics as metrics_lib, optimizer,
                                   partitioning, steps)
+from textgen_jax.training.workdir_lock import WorkdirLock
+
+
+class DivergenceError(ValueError):
+    """The loss or gradients became non-finite; the message names the step and the fix."""
 
 
 class _Preemption:
@@ -107,11 +112,45 @@ def evaluate(eval_step, params, config: ml_collections.ConfigDict, tokenizer,
     return result
 
 
+def _lock_workdir(workdir: str, log) -> WorkdirLock | None:
+    """Process 0 takes the workdir's lock for the whole run (every process learns whether it
+    could); None on the other processes."""
+    lock, refused = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir)
+            stale = lock.acquire()
+            if stale is not None:
+                log(f"took over the lock of process {stale.get('pid')} on host "
+                    f"{stale.get('host')}, which is gone")
+        except config_lib.ConfigError as error:
+            refused = error
+    if jax.process_count() > 1:
+        held = multihost_utils.broadcast_one_to_all(np.int32(refused is None))
+        if not held and refused is None:
+            raise config_lib.ConfigError(f"workdir {workdir} is in use by another run (see "
+                                         "process 0's error); one train per workdir.")
+    if refused is not None:
+        raise refused
+    return lock
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) in `workdir`; returns the final train and eval metrics."""
+    """Trains (or resumes) in `workdir`; returns the final train and eval metrics. Holds the
+    workdir's lock while it runs: a second run on the same workdir is refused."""
     config_lib.validate(config)
     checkpoint.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
     checkpoint.check_compatible(workdir, config)
+    lock = _lock_workdir(workdir, metrics_lib.log_info)
+    try:
+        return _train_and_evaluate(config, workdir, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        lock: WorkdirLock | None) -> dict[str, Any]:
     log = metrics_lib.log_info
 
     # ---- mesh -------------------------------------------------------------------------
@@ -156,22 +195,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints,
                               config.train.async_checkpointing,
                               config.train.checkpoint_commit_file)
-    start_step = mngr.latest_step()
-    if start_step is None:
+    def restored(step: int) -> steps.TrainState:
+        if step == 0 and not checkpoint.holds_optimizer_state(mngr, step):
+            # Params alone at step 0 (textgen-jax import-hf): a fresh optimizer and data stream.
+            params = checkpoint.restore_params_from(mngr, step, abstract_state.params)
+            log(f"initialised from the imported parameters at step {step}")
+            return steps.state_with_fresh_optimizer(step, params, tx, shardings)
+        changes = checkpoint.data_changes(workdir, config)
+        if changes and not config.train.restart_data:
+            raise config_lib.ConfigError(
+                "the training data differ from the checkpoint's (" + "; ".join(changes)
+                + "): its iterator position belongs to the old stream. Use the old values, or "
+                "--config.train.restart_data=True to resume the model and optimizer and start "
+                "the new stream from its beginning.")
+        if changes:
+            log("config.train.restart_data: the data stream starts over (" + "; ".join(changes)
+                + ")")
+        params, opt_state = checkpoint.restore(mngr, step, abstract_state,
+                                               None if changes else train_iterator)
+        log(f"resumed from the checkpoint at step {step}")
+        return steps.TrainState(step=jax.device_put(np.int32(step), shardings.step),
+                                params=params, opt_state=opt_state)
+
+    # The newest checkpoint that restores; newer ones that do not (a truncated file, a missing
+    # item) are reported and set aside, so that this run can write those steps again.
+    state, start_step, unreadable = None, 0, []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            state, start_step = restored(step), step
+            break
+        except config_lib.ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001  (any damage: try the previous one)
+            log(f"checkpoint {step} cannot be restored ({checkpoint.describe(error)})")
+            unreadable.append((step, error))
+            train_iterator = iter(train_data)  # a partial restore may have moved it
+    if unreadable and state is None:
+        raise checkpoint.unreadable_error(workdir, *unreadable[0])
+    for step, _ in unreadable:
+        moved = checkpoint.set_aside(mngr, workdir, step)
+        log(f"checkpoint {step} moved to {moved}; resuming from step {start_step}")
+    if state is None:
         state, _ = steps.create_state(model, tx, config.data.seq_len, mesh, config.seed)
-        start_step = 0
         if config.init_from:
             state = init_from.start_from_pretrained(state, config, tx, shardings, log)
-    elif not checkpoint.holds_optimizer_state(mngr, start_step):
-        # Params alone (textgen-jax import-hf): a fresh optimizer and data stream from them.
-        params = checkpoint.restore_params_from(mngr, start_step, abstract_state.params)
-        state = steps.state_with_fresh_optimizer(start_step, params, tx, shardings)
-        log(f"initialised from the imported parameters at step {start_step}")
-    else:
-        params, opt_state = checkpoint.restore(mngr, start_step, abstract_state, train_iterator)
-        state = steps.TrainState(step=jax.device_put(np.int32(start_step), shardings.step),
-                                 params=params, opt_state=opt_state)
-        log(f"resumed from the checkpoint at step {start_step}")
     checkpoint.write_config(workdir, config)
     num_params = metrics_lib.count_params(state.params)
     log(f"{config.model.arch}: {num_params:,} parameters, vocabulary {config.model.vocab_size}")
@@ -184,7 +251,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     rng = jax.random.key(config.seed + 1)
 
     # ---- observability --------------------------------------------------------------------
-    writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0,
+                                       start_step=start_step)
+    if writer.dropped:
+        log(f"metrics.jsonl: dropped {writer.dropped} rows logged after step {start_step} "
+            "by an earlier run (this run logs those steps again)")
     tokens_per_step = config.data.global_batch_size * config.data.seq_len
     flops_per_step = tokens_per_step * metrics_lib.flops_per_token(
         spec.attention_layer_count(), config.model.d_model, config.data.seq_len,
@@ -192,10 +263,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     peak_flops = metrics_lib.peak_flops_per_device(config.model.dtype) * jax.device_count()
 
     last_saved = start_step
+    divergence = steps.Divergence()
+
+    def check_finite(step: int, params: Any = None) -> None:
+        """Raises before anything non-finite is evaluated or saved (a ValueError: the CLI
+        prints it as one line); `params`, when given, must be finite too."""
+        bad = divergence.first_bad_step()
+        what = "the loss or the gradient norm"
+        if bad is None and params is not None and not divergence.params_finite(params):
+            bad, what = step, "a parameter"
+        if bad is not None:
+            raise DivergenceError(
+                f"training stopped: {what} became NaN or inf at step "
+                f"{bad} (config.optim.lr={config.optim.lr}, warmup_steps="
+                f"{config.optim.warmup_steps}, dtype {config.model.dtype}). Likely causes: a "
+                "learning rate too high for this model (lower config.optim.lr or raise "
+                "config.optim.warmup_steps), a bad batch, or bfloat16 overflow. No checkpoint "
+                f"after step {last_saved} was written: the workdir resumes from step "
+                f"{last_saved}.")
 
     def save(step: int) -> None:
         nonlocal last_saved
         if step != last_saved:
+            check_finite(step, state.params)
             checkpoint.save(mngr, step, state, config, train_iterator, force=True)
             last_saved = step
 
@@ -207,6 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     predict_step = make_predict_step(config, objective)  # compiled once, not per evaluation
 
     def run_eval(step: int) -> dict[str, float]:
+        check_finite(step)
         result = evaluate(eval_step, state.params, config, tokenizer, mesh, predict_step)
         shown = [*objective.metrics, *(f"{name}_{language}" for language in
                                        config.task.eval_languages for name in objective.metrics)]
@@ -235,8 +326,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 batch = partitioning.global_batch(next(train_iterator), mesh)
                 state, step_metrics = train_step(state, batch, rng)
                 step += 1
+                divergence.record(step_metrics, step)
                 if step % config.train.log_every == 0 or step == num_steps:
-                    train_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                    train_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()
+                                     if k != steps.FINITE}
                     elapsed = time.perf_counter() - last_log_time
                     steps_done = step - last_log_step
                     tokens_per_s = steps_done * tokens_per_step / elapsed
@@ -246,6 +339,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     log(metrics_lib.progress_line(step, num_steps, train_metrics, tokens_per_s,
                                                   train_metrics["mfu"], eta))
                     writer.write(step, train_metrics, "train")
+                    check_finite(step)
+                    if lock is not None:
+                        lock.heartbeat()
                     last_log_time, last_log_step = time.perf_counter(), step
                 if step % config.train.eval_every == 0 or step == num_steps:
                     eval_metrics = run_eval(step)

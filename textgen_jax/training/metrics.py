@@ -51,21 +51,53 @@ class _EpathRecordFiles:
         epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
+def keep_until(path: epath.Path, last_step: int) -> int:
+    """Drops the records of `path` (metrics.jsonl) after step `last_step` (all of them for -1)
+    and any torn line a crash left; returns how many it dropped."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            keep = json.loads(line)["step"] <= last_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        temporary = path.parent / f".{path.name}.tmp"
+        temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        temporary.replace(path)
+    return dropped
+
+
 class MetricsWriter:
     """Appends metrics to workdir/metrics.jsonl and TensorBoard events (process 0 only);
-    both go through etils.epath, so the workdir may be a gs:// URI."""
+    both go through etils.epath, so the workdir may be a gs:// URI.
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+    `start_step`: the step the run starts from (a resume's restored step, 0 for a fresh run).
+    What an earlier run logged after it is dropped, since this run logs those steps again:
+    rows of metrics.jsonl, and TensorBoard's events through its purge_step. Each step is then
+    logged once.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self._tensorboard = None
+        self.dropped = 0
         if enabled:
             from tensorboardX import SummaryWriter, record_writer
             workdir = epath.Path(workdir)
             scheme = os.fspath(workdir).split("://")[0] if "://" in os.fspath(workdir) else ""
             if scheme:
                 record_writer.register_writer_factory(scheme, _EpathRecordFiles())
+            # A fresh run (step 0) logs its step-0 evaluation again: nothing before it stays.
+            self.dropped = keep_until(workdir / "metrics.jsonl", start_step if start_step else -1)
             self._jsonl = _append_to(workdir / "metrics.jsonl")
-            self._tensorboard = SummaryWriter(os.fspath(workdir / "tensorboard"))
+            self._tensorboard = SummaryWriter(os.fspath(workdir / "tensorboard"),
+                                              purge_step=start_step + 1 if start_step else 0)
 
     def write(self, step: int, metrics: dict[str, Any], split: str) -> None:
         if not self.enabled:

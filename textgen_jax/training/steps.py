@@ -99,6 +99,38 @@ def means_from_sums(sums: dict[str, Any]) -> dict[str, Any]:
     return means
 
 
+FINITE = "finite"  # the train step's metric: its loss and gradient norm are finite
+
+
+class Divergence:
+    """The loop's divergence guard: the first step whose loss or gradient norm was NaN or inf,
+    tracked on the device (no host sync per step) and checked where the loop syncs anyway
+    (logging, evaluation, checkpoints), so that no non-finite state is ever evaluated or
+    saved."""
+
+    def __init__(self):
+        self._first = np.int32(-1)  # numpy: the same host value on every process
+        self._update = jax.jit(
+            lambda first, finite, step: jnp.where((first < 0) & ~finite, step, first))
+
+    def record(self, step_metrics: dict[str, jax.Array], step: int) -> None:
+        self._first = self._update(self._first, step_metrics[FINITE], np.int32(step))
+
+    def first_bad_step(self) -> int | None:
+        first = int(jax.device_get(self._first))
+        return None if first < 0 else first
+
+    @staticmethod
+    @jax.jit
+    def _all_finite(tree: Any) -> jax.Array:
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+    def params_finite(self, params: Any) -> bool:
+        """Whether every parameter is finite (an update can overflow although the step's loss
+        and gradients were finite)."""
+        return bool(jax.device_get(self._all_finite(params)))
+
+
 def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None, accum_steps: int = 1):
     """train_step(state, batch, rng) -> (state, metrics); batch arrays are [batch, length].
@@ -133,6 +165,8 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
         params = optax.apply_updates(state.params, updates)
         metrics = means_from_sums(sums)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        # Read by the loop's divergence guard (Divergence), never logged.
+        metrics[FINITE] = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
