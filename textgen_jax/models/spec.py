@@ -144,6 +144,26 @@ class ArchitectureSpec:
 
     # ---- sizes and surgery --------------------------------------------------------------------
 
+    @property
+    def shape_keys(self) -> tuple[str, ...]:
+        """The config.model leaves whose change makes a checkpoint's parameters unusable
+        (scan_layers: the tree's layout, per layer or stacked); an encoder-decoder's decoder
+        has its own depth, heads and FFN width."""
+        keys = ("arch", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size",
+                "scan_layers")
+        if self.kind == ENCODER_DECODER:
+            keys += ("num_decoder_layers", "num_decoder_heads", "decoder_d_ff")
+        return keys
+
+    def tensor_split_sizes(self) -> dict[str, int]:
+        """The sizes a mesh's 'tensor' axis splits (heads, FFN widths), by config key."""
+        m = self.model_config
+        sizes = {"config.model.num_heads": m.num_heads, "config.model.d_ff": m.d_ff}
+        if self.kind == ENCODER_DECODER:  # 0: the encoder's
+            sizes["config.model.num_decoder_heads"] = m.get("num_decoder_heads") or m.num_heads
+            sizes["config.model.decoder_d_ff"] = m.get("decoder_d_ff") or m.d_ff
+        return sizes
+
     def attention_layer_count(self) -> int:
         """Attention layers over T keys per token, for the FLOP count of MFU: one per layer, and
         for an encoder-decoder's decoder two (self-attention and cross-attention)."""

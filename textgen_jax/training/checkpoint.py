@@ -24,15 +24,12 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from textgen_jax import data as data_lib
+from textgen_jax import models
 from textgen_jax.config import ConfigError, base_config
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"  # the params of the best evaluation by a fine-tuning task's metric
 CONFIG_FILE = "config.json"
-# The keys of config.model whose change makes old parameters unusable (scan_layers: the
-# layout of the parameter tree, per layer or stacked).
-SHAPE_KEYS = ("arch", "num_layers", "d_model", "num_heads", "d_ff", "max_len", "vocab_size",
-              "num_decoder_layers", "num_decoder_heads", "decoder_d_ff", "scan_layers")
 
 
 # The leaves that decide the training stream: a resume under other values would restore the
@@ -167,18 +164,16 @@ def restore_params(workdir: str | os.PathLike, abstract_params: Any, step: int |
     try:
         for index, candidate in enumerate(candidates):
             try:
-                params = restore_params_from(mngr, candidate, abstract_params)
+                return restore_params_from(mngr, candidate, abstract_params), candidate
             except Exception as error:  # noqa: BLE001  (any unreadable file: try the next)
-                if step is not None or index == len(candidates) - 1:
-                    raise unreadable_error(workdir, candidate, error) from error
+                if index == len(candidates) - 1:
+                    raise unreadable_error(workdir, candidate, error,
+                                           earlier=step is None) from error
                 logging.warning("checkpoint %d of %s cannot be restored (%s); reading step %d "
                                 "instead", candidate, workdir, describe(error),
                                 candidates[index + 1])
-                continue
-            return params, candidate
     finally:
         mngr.close()
-    raise AssertionError("unreachable")
 
 
 def describe(error: BaseException) -> str:
@@ -187,10 +182,14 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
-def unreadable_error(workdir: str | os.PathLike, step: int, error: BaseException) -> ConfigError:
-    return ConfigError(f"checkpoint {step} of {workdir} cannot be restored ({describe(error)}), "
-                       "and no earlier checkpoint can either: the workdir's checkpoints are "
-                       "damaged. Start a new --workdir (or init_from one that is intact).")
+def unreadable_error(workdir: str | os.PathLike, step: int, error: BaseException,
+                     earlier: bool = True) -> ConfigError:
+    """The error of a checkpoint that does not restore, when no other one is to be tried
+    (`earlier`: the newer ones failed too)."""
+    others = ", and no other checkpoint can either" if earlier else ""
+    return ConfigError(f"checkpoint {step} of {workdir} cannot be restored ({describe(error)})"
+                       f"{others}: its files are damaged. Start a new --workdir (or init_from "
+                       "one that is intact).")
 
 
 UNREADABLE_DIR = "unreadable_checkpoints"
@@ -233,7 +232,8 @@ def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDi
     if saved is None or not (workdir_path(workdir) / CHECKPOINT_DIR).is_dir():
         return
     # vocab_size 0 means "the tokenizer's size", known only once the tokenizer is loaded.
-    keys = [key for key in SHAPE_KEYS if not (key == "vocab_size" and config.model[key] == 0)]
+    keys = [key for key in models.spec_for(config.model).shape_keys
+            if not (key == "vocab_size" and config.model[key] == 0)]
     # A key that an older workdir's config lacks had today's default.
     saved_model = {**base_config().model.to_dict(), **saved["model"]}
     differences = [f"config.model.{key}: checkpoint {saved_model.get(key)!r}, "

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from textgen_jax import models
 from textgen_jax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -75,10 +76,8 @@ def check_divisibility(config: ml_collections.ConfigDict, mesh: Mesh, vocab_size
     tensor, fsdp = mesh.shape["tensor"], mesh.shape["fsdp"]
     data_parallel = mesh.shape["data"] * fsdp
     m = config.model
-    for name, value in (("config.model.num_heads", m.num_heads), ("config.model.d_ff", m.d_ff),
-                        ("config.model.num_decoder_heads", m.get("num_decoder_heads", 0)),
-                        ("config.model.decoder_d_ff", m.get("decoder_d_ff", 0)),
-                        ("the vocabulary size", vocab_size)):
+    sizes = {**models.spec_for(m).tensor_split_sizes(), "the vocabulary size": vocab_size}
+    for name, value in sizes.items():
         if value % tensor:
             raise ConfigError(f"config.mesh.tensor={tensor} does not divide {name}={value}; "
                               f"pick a tensor size that divides it.")
