@@ -195,6 +195,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints,
                               config.train.async_checkpointing,
                               config.train.checkpoint_commit_file)
+
     def restored(step: int) -> steps.TrainState:
         if step == 0 and not checkpoint.holds_optimizer_state(mngr, step):
             # Params alone at step 0 (textgen-jax import-hf): a fresh optimizer and data stream.

@@ -77,13 +77,14 @@ class MetricsWriter:
     """Appends metrics to workdir/metrics.jsonl and TensorBoard events (process 0 only);
     both go through etils.epath, so the workdir may be a gs:// URI.
 
-    `start_step`: the step the run starts from (a resume's restored step, 0 for a fresh run).
-    What an earlier run logged after it is dropped, since this run logs those steps again:
-    rows of metrics.jsonl, and TensorBoard's events through its purge_step. Each step is then
-    logged once.
+    `start_step`: the step the training loop starts from (a resume's restored step, 0 for a
+    fresh run). What an earlier run logged after it is dropped, since this run logs those steps
+    again: rows of metrics.jsonl, and TensorBoard's events through its purge_step. Each step
+    is then logged once. None (a writer outside the loop) keeps everything and appends.
     """
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, start_step: int = 0):
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True,
+                 start_step: int | None = None):
         self.enabled = enabled
         self._tensorboard = None
         self.dropped = 0
@@ -93,11 +94,14 @@ class MetricsWriter:
             scheme = os.fspath(workdir).split("://")[0] if "://" in os.fspath(workdir) else ""
             if scheme:
                 record_writer.register_writer_factory(scheme, _EpathRecordFiles())
-            # A fresh run (step 0) logs its step-0 evaluation again: nothing before it stays.
-            self.dropped = keep_until(workdir / "metrics.jsonl", start_step if start_step else -1)
+            purge_step = None
+            if start_step is not None:
+                # A fresh run (step 0) logs its step-0 evaluation again: nothing before stays.
+                self.dropped = keep_until(workdir / "metrics.jsonl", start_step or -1)
+                purge_step = start_step + 1 if start_step else 0
             self._jsonl = _append_to(workdir / "metrics.jsonl")
             self._tensorboard = SummaryWriter(os.fspath(workdir / "tensorboard"),
-                                              purge_step=start_step + 1 if start_step else 0)
+                                              purge_step=purge_step)
 
     def write(self, step: int, metrics: dict[str, Any], split: str) -> None:
         if not self.enabled:
