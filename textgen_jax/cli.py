@@ -249,7 +249,7 @@ def _main(argv: list[str]) -> None:
             from textgen_jax.convert.workdir import export_workdir
             export_workdir(FLAGS.workdir, FLAGS.out)
             print(f"wrote {FLAGS.out}: load it with transformers' from_pretrained")
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, OSError, ValueError) as error:  # OSError: a file or a failed write
         print(f"textgen-jax {command}: error: {error}", file=sys.stderr)
         sys.exit(1)
     except RuntimeError as error:  # jax.errors.JaxRuntimeError: a collective lost its peer

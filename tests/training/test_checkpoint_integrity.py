@@ -1,17 +1,23 @@
 """A damaged latest checkpoint (a truncated array file, a missing item) is reported and the
-run resumes from the newest one that restores; `textgen_jax.load` reads that one too. A
-resume under another training stream (config.data) is refused unless asked for."""
+run resumes from the newest one that restores; `textgen_jax.load` reads that one too. A save
+that fails to write (the disk full) ends the run with one clear line and leaves the previous
+checkpoint to resume from. A resume under another training stream (config.data) is refused
+unless asked for."""
 
 from __future__ import annotations
 
 import logging
+import re
+import resource
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from conftest import read_metrics
+from conftest import REPO, cli_command, cli_env, read_metrics, train_flags
 
 FLAGS = ("--config.train.checkpoint_every=2", "--config.train.log_every=1",
          "--config.train.keep_checkpoints=5", "--config.train.async_checkpointing=False")
@@ -82,3 +88,48 @@ def test_a_resume_under_other_data_is_refused_unless_the_stream_restarts(tmp_pat
     assert "the data stream starts over (config.data.seq_len" in restarted.stdout
     assert "resumed from the checkpoint at step 2" in restarted.stdout
     assert _steps(workdir) == [2, 4]
+
+
+def test_a_failed_checkpoint_write_ends_the_run_and_the_previous_checkpoint_resumes(
+        tmp_path, tiny_run, stdlib_data_dir):
+    # The disk fills up during training: once the first checkpoint is finished, the running
+    # process may no longer write a file past 16 kB (RLIMIT_FSIZE; Python ignores SIGXFSZ, so
+    # a write past it fails with EFBIG, as one to a full disk fails with ENOSPC). Its metrics
+    # stay far below that; a checkpoint's array files do not.
+    workdir = tmp_path / "workdir"
+    tiny_run(workdir, "--config.train.num_steps=1", "--config.train.eval_every=1",
+             "--config.train.checkpoint_every=1")  # the tokenizer and a workdir to resume
+    shutil.rmtree(workdir / "checkpoints")
+    (workdir / "metrics.jsonl").unlink()
+    flags = ("--config.train.num_steps=200", "--config.train.log_every=10",
+             "--config.train.checkpoint_every=10", "--config.train.eval_every=200")
+    process = subprocess.Popen(cli_command("train", workdir, *train_flags(stdlib_data_dir),
+                                           *flags),
+                               env=cli_env(), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not _steps_or_none(workdir) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (16_000, 16_000))
+    stdout, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 1, stderr[-3000:]
+    message = stderr.strip().splitlines()[-1]
+    found = re.search(r"writing the checkpoint at step (\d+) to .* failed \((.*)\); the "
+                      r"checkpoint at step (\d+) is intact: .* resume from step (\d+)\.$", message)
+    assert found, message
+    failed, intact = int(found.group(1)), int(found.group(3))
+    assert "File too large" in found.group(2), message  # the cause, from the storage layer
+    assert intact == max(_steps(workdir)) == failed - 10, (message, _steps(workdir))
+    assert int(found.group(4)) == intact
+
+    # The next run (with room to write again) resumes from that checkpoint and finishes.
+    resumed = tiny_run(workdir, *flags)
+    assert f"resumed from the checkpoint at step {intact}" in resumed.stdout
+    assert max(_steps(workdir)) == 200
+    assert sorted(read_metrics(workdir)) == list(range(10, 201, 10))
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+def _steps_or_none(workdir: Path) -> list[int]:
+    return _steps(workdir) if (workdir / "checkpoints").is_dir() else []

@@ -77,11 +77,13 @@ def _atomicity(commit_file: bool) -> ocp.options.AtomicityOptions | None:
 
 
 def manager(workdir: str | os.PathLike, keep: int = 3, async_save: bool = True,
-            commit_file: bool = False) -> ocp.CheckpointManager:
-    """The workdir's checkpoints; `commit_file` as config.train.checkpoint_commit_file."""
+            commit_file: bool = False, writer: bool = False) -> ocp.CheckpointManager:
+    """The workdir's checkpoints; `commit_file` as config.train.checkpoint_commit_file.
+    `writer`: the one run that writes this workdir (it holds its lock), which removes what an
+    interrupted save left unfinished (a kill -9 or a failed write mid-save)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-        atomicity_options=_atomicity(commit_file))
+        atomicity_options=_atomicity(commit_file), cleanup_tmp_directories=writer)
     return ocp.CheckpointManager(workdir_path(workdir) / CHECKPOINT_DIR, options=options)
 
 
@@ -177,9 +179,33 @@ def restore_params(workdir: str | os.PathLike, abstract_params: Any, step: int |
 
 
 def describe(error: BaseException) -> str:
-    """One line of what went wrong with a checkpoint (its exception's first line)."""
+    """One line of what went wrong with a checkpoint (its exception's first line; a long one
+    keeps its start and its end, where storage errors put the cause)."""
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+    line = text[0] if text else ""
+    if len(line) > 300:
+        line = f"{line[:120]} ... {line[-170:]}"
+    return f"{type(error).__name__}: {line}"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, no permission, a storage error); the
+    message names the step, the cause and the checkpoint the next run resumes from."""
+
+
+def write_error(workdir: str | os.PathLike, step: int, error: BaseException,
+                intact: int | None) -> CheckpointWriteError:
+    """The error that ends a run whose save of `step` failed; `intact` is the newest step
+    whose checkpoint was finished (None: none yet)."""
+    if intact:
+        then = (f"the checkpoint at step {intact} is intact: fix the cause (free space on the "
+                f"workdir's disk, its permissions) and run train again to resume from step "
+                f"{intact}.")
+    else:
+        then = ("no checkpoint was finished before it: fix the cause (free space on the "
+                "workdir's disk, its permissions) and run train again to start over.")
+    return CheckpointWriteError(f"training stopped: writing the checkpoint at step {step} to "
+                                f"{workdir} failed ({describe(error)}); {then}")
 
 
 def unreadable_error(workdir: str | os.PathLike, step: int, error: BaseException,

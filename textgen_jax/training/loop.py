@@ -194,7 +194,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # ---- checkpoint: resume from the latest, or start fresh --------------------------------
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints,
                               config.train.async_checkpointing,
-                              config.train.checkpoint_commit_file)
+                              config.train.checkpoint_commit_file, writer=True)
 
     def restored(step: int) -> steps.TrainState:
         if step == 0 and not checkpoint.holds_optimizer_state(mngr, step):
@@ -264,6 +264,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     peak_flops = metrics_lib.peak_flops_per_device(config.model.dtype) * jax.device_count()
 
     last_saved = start_step
+    written = start_step or None  # the newest checkpoint known to be finished
     divergence = steps.Divergence()
 
     def check_finite(step: int, params: Any = None) -> None:
@@ -283,12 +284,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 f"after step {last_saved} was written: the workdir resumes from step "
                 f"{last_saved}.")
 
+    def finish_saves() -> None:
+        """Waits for the save in flight; a failed write ends the run naming its step."""
+        nonlocal written
+        try:
+            mngr.wait_until_finished()
+        except Exception as error:  # noqa: BLE001  (disk full, permissions, storage errors)
+            raise checkpoint.write_error(workdir, last_saved, error, written) from error
+        written = last_saved or None
+
     def save(step: int) -> None:
         nonlocal last_saved
         if step != last_saved:
             check_finite(step, state.params)
-            checkpoint.save(mngr, step, state, config, train_iterator, force=True)
+            finish_saves()  # the previous save's failure is reported as its own
             last_saved = step
+            try:
+                checkpoint.save(mngr, step, state, config, train_iterator, force=True)
+            except Exception as error:  # noqa: BLE001
+                raise checkpoint.write_error(workdir, step, error, written) from error
 
     best_mngr = None
     if objective.metrics:
@@ -353,7 +367,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     log(f"SIGTERM: saving the checkpoint at step {step} before exit")
                     save(step)
                     break
-        mngr.wait_until_finished()
+        finish_saves()
     finally:
         preemption.restore()
         mngr.close()
