@@ -1,12 +1,11 @@
 """1 device vs 8 simulated devices (data=2, fsdp=2, tensor=2), for every architecture, with
 dropout 0.1 and in bfloat16 too: the same losses, gradient norms and parameters after the
-steps, right shardings, and a checkpoint written on 8 devices restores in a fresh 1-device
+steps, right shardings, and a checkpoint written on 8 devices restores in this 1-device
 process."""
 
 from __future__ import annotations
 
 import math
-import re
 import subprocess
 import sys
 
@@ -96,8 +95,13 @@ def test_eight_devices_match_one_device_and_restore_on_one(tmp_path, tiny_run, c
 
     # The parameters after the steps, tensor by tensor: how far the two runs' updates differ,
     # against how far the parameters moved.
+    # The 8-device checkpoint restores in this 1-device process (textgen_jax.load), onto the
+    # same values the 1-device run reached.
     params_one, initial, run_config = _initial_params(one)
     params_eight = textgen_jax.load(str(eight)).params
+    assert len(jax.devices()) == 1 and {device for leaf in jax.tree.leaves(params_eight)
+                                        for device in leaf.sharding.device_set} == {
+        jax.devices()[0]}
     max_step = STEPS * run_config.optim.lr  # Adam (b1**2 < b2) moves an element <= lr a step
     checked = 0
     for (path, after_one), after_eight, before in zip(
@@ -115,11 +119,6 @@ def test_eight_devices_match_one_device_and_restore_on_one(tmp_path, tiny_run, c
         checked += 1
     assert checked >= 10
 
-    # The 8-device checkpoint, restored by textgen_jax.load in a fresh 1-device process.
-    evaluated = tiny_run(eight, command="eval", num_devices=1)
-    restored_loss = float(re.search(r"loss ([0-9.]+)", evaluated.stdout).group(1))
-    assert restored_loss == pytest.approx(read_metrics(eight, "eval")[STEPS]["loss"],
-                                          rel=tolerance)
 
 
 SHARDING_CHECK = r"""
