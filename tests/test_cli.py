@@ -3,6 +3,7 @@ input."""
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import pytest
 
 import textgen_jax
+import tolerances
 from textgen_jax import cli
 from conftest import (REPO, cli_command, cli_env, read_metrics, train_flags,
                       train_tiny_workdir)
@@ -211,6 +213,10 @@ def test_evaluate_matches_the_training_loops_eval_and_keeps_the_config(trained):
     loaded = textgen_jax.load(str(trained))
     mesh_before = loaded.config.mesh.to_dict()
     result = textgen_jax.evaluate(loaded)
-    assert result["loss"] == pytest.approx(read_metrics(trained, "eval")[30]["loss"], rel=1e-4)
-    assert result["perplexity"] == pytest.approx(float(jnp.exp(result["loss"])), rel=1e-5)
+    # The loop's eval step and this one are the same function, jitted with and without the
+    # (one-device) shardings: at most summed in another order, the longest float32 reduction
+    # <= 1024 terms (the vocabulary's softmax, the eval batches' tokens).
+    logged = read_metrics(trained, "eval")[30]["loss"]
+    assert result["loss"] == pytest.approx(logged, rel=tolerances.reordered_sum(1024))
+    assert result["perplexity"] == math.exp(result["loss"])  # float64 exp of one float: bitwise
     assert loaded.config.mesh.to_dict() == mesh_before

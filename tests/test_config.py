@@ -109,7 +109,8 @@ def test_gpt2_presets_are_valid_and_have_the_paper_sizes(preset):
     if preset in PAPER_SIZES:
         m = config.model
         assert (m.vocab_size, m.max_len, m.d_ff) == (50257, 1024, 4 * m.d_model)
-        assert count == pytest.approx(PAPER_SIZES[preset], rel=0.01), count
+        # The released sizes are rounded to the million (the count itself is exact above).
+        assert count == pytest.approx(PAPER_SIZES[preset], abs=0.5e6), count
 
 
 def test_unknown_preset_is_an_error():

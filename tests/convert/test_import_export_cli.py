@@ -12,6 +12,7 @@ import tokenizers
 import torch
 import transformers
 
+import tolerances
 from conftest import REPO, cli_command, cli_env, read_metrics
 from textgen_jax.data.corpus import prepared_stdlib_docstrings
 
@@ -101,8 +102,11 @@ def test_import_generate_train_and_export(hf_gpt2, stdlib_data_dir, tmp_path):
         before = hf_model(torch.from_numpy(tokens)).logits.numpy()
     ours_logits = np.asarray(loaded.model.apply({"params": loaded.params},
                                                 {"inputs": tokens})["logits"])
-    np.testing.assert_allclose(theirs, ours_logits, atol=1e-4)
-    assert np.abs(theirs - before).max() > 1e-3, "the exported params are the trained ones"
+    # PyTorch's kernels and XLA's sum in their own orders: float32, 2 layers whose longest
+    # reduction is the MLP's 256, relative to the logits' scale.
+    atol = tolerances.network(layers=2, width=256) * np.abs(ours_logits).max()
+    np.testing.assert_allclose(theirs, ours_logits, atol=atol, rtol=0)
+    assert np.abs(theirs - before).max() > 10 * atol, "the exported params are the trained ones"
 
 
 def _import_error(src, workdir, **options) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import tolerances
 from textgen_jax.config import base_config
 from textgen_jax.data.masking import IGNORE_LABEL, mask_tokens, special_ids
 from textgen_jax.data.sources import open_source, texts
@@ -44,16 +45,23 @@ def test_rates_follow_the_paper(rows, stdlib_tokenizer):
     maskable = ~np.isin(rows, special_ids(tok))
     chosen = labels != IGNORE_LABEL
     assert chosen.sum() > 15_000  # enough samples for the tolerances below
-    assert abs(chosen.sum() / maskable.sum() - 0.15) < 0.005
+    # Each row predicts round(15%) of its maskable tokens (>= 4 here, above which "at least
+    # one" never applies): within half a token, row by row. Counting [CLS] and [SEP] as
+    # maskable would add 0.3 of a token to every row.
+    assert np.abs(chosen.sum(-1) - 0.15 * maskable.sum(-1)).max() <= 0.5
     np.testing.assert_array_equal(labels[chosen], rows[chosen])
     np.testing.assert_array_equal(inputs[~chosen], rows[~chosen])  # only chosen tokens change
     masked = chosen & (inputs == tok.mask_id)
     kept = chosen & (inputs == rows)
     replaced = chosen & ~masked & ~kept
-    assert abs(masked.sum() / chosen.sum() - 0.8) < 0.015
-    assert abs(replaced.sum() / chosen.sum() - 0.1) < 0.01
-    assert abs(kept.sum() / chosen.sum() - 0.1) < 0.01
-    # Random replacements are ordinary tokens, spread over the vocabulary.
+    # One independent draw per chosen token: 4 binomial standard deviations (0.013 and 0.010
+    # here); a random replacement that draws the original token counts as kept (0.1 / vocab).
+    n = chosen.sum()
+    assert abs(masked.sum() / n - 0.8) <= tolerances.binomial(0.8, n)
+    assert abs(replaced.sum() / n - 0.1) <= tolerances.binomial(0.1, n) + 0.1 / tok.vocab_size
+    assert abs(kept.sum() / n - 0.1) <= tolerances.binomial(0.1, n) + 0.1 / tok.vocab_size
+    # Random replacements are ordinary tokens, spread over the vocabulary: ~1500 uniform draws
+    # over ~1000 tokens hit ~780 distinct ones (standard deviation ~10).
     assert not np.isin(inputs[replaced], special_ids(tok)).any()
     assert len(np.unique(inputs[replaced])) > 0.5 * tok.vocab_size
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import tolerances
 from textgen_jax import models
 from textgen_jax.config import base_config
 from textgen_jax.finetune.classification import sequence_logits, sequence_task_loss_fn
@@ -17,6 +18,14 @@ from textgen_jax.objectives.clm import causal_lm_loss
 
 VOCAB, LENGTH = 50, 10
 GPT2_SPEC = models.spec_for(base_config().model)  # gpt2
+# Equal up to rounding: the same examples at other places in the batch (rows a kernel may sum
+# in other orders), float32, 2 layers whose longest reduction is the MLP's 64, relative to the
+# logits' scale (tests/tolerances.py). Bitwise: a change the model must not see (a masked
+# token, another row) on the same shapes, since a masked score is replaced by a constant whose
+# softmax weight is exactly 0 and a row at its own place is computed alike. Losses are checked
+# against the same logits (the loss function calls sequence_logits, eagerly: the same ops on
+# the same numbers), so only their last few operations differ.
+LOGITS = tolerances.network(layers=2, width=64)
 
 
 def _gpt2(num_labels: int):
@@ -45,12 +54,12 @@ def test_the_classifier_reads_the_extract_token_only_from_its_left():
     # A token after the extract position never changes the logits; one before it does.
     extract = int(batch["extract_positions"][0])
     after = dict(batch, inputs=batch["inputs"].at[0, extract + 1:].set(7))
-    np.testing.assert_allclose(sequence_logits(GPT2_SPEC, "classification", model, params,
-                                               after)[0], logits, atol=1e-6)
+    np.testing.assert_array_equal(sequence_logits(GPT2_SPEC, "classification", model, params,
+                                                  after)[0], logits)
     before = dict(batch, inputs=batch["inputs"].at[0, extract - 1].add(1))
     changed = sequence_logits(GPT2_SPEC, "classification", model, params, before)[0]
     assert np.abs(np.asarray(changed[0] - logits[0])).max() > 1e-3
-    np.testing.assert_allclose(changed[1:], logits[1:], atol=1e-6)
+    np.testing.assert_array_equal(changed[1:], logits[1:])
 
 
 def test_multiple_choice_scores_each_choice_and_follows_their_order():
@@ -61,12 +70,15 @@ def test_multiple_choice_scores_each_choice_and_follows_their_order():
     assert logits.shape == (2, 4)
     order = np.array([3, 1, 0, 2])
     permuted = {k: v[:, order] if v.ndim >= 2 else v for k, v in batch.items()}
+    scale = float(jnp.abs(logits).max())
     np.testing.assert_allclose(sequence_logits(GPT2_SPEC, "multiple_choice", model, params,
-                                               permuted)[0], logits[:, order], atol=1e-6)
+                                               permuted)[0], logits[:, order],
+                               atol=LOGITS * scale, rtol=0)
     sums = sequence_task_loss_fn(model, params, batch, None, True, spec=GPT2_SPEC,
                                  kind="multiple_choice", regression=False, lm_weight=0.0)
     expected = -jax.nn.log_softmax(logits)[jnp.arange(2), batch["labels"]].sum()
-    np.testing.assert_allclose(sums["loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(sums["loss"], expected, rtol=0,
+                               atol=tolerances.cross_entropy_sum(2, scale, classes=4))
     assert sums["tokens"] == 2
 
 
@@ -78,7 +90,8 @@ def test_similarity_in_both_orders_is_symmetric_and_the_lm_term_is_weighted():
     swapped = {k: v[:, ::-1] if v.ndim >= 2 else v for k, v in batch.items()}
     logits = sequence_logits(GPT2_SPEC, "similarity", model, params, batch)[0]
     np.testing.assert_allclose(sequence_logits(GPT2_SPEC, "similarity", model, params,
-                                               swapped)[0], logits, atol=1e-5)
+                                               swapped)[0], logits,
+                               atol=LOGITS * np.abs(logits).max(), rtol=0)
     plain = sequence_task_loss_fn(model, params, batch, None, True, spec=GPT2_SPEC,
                                   kind="similarity", regression=False, lm_weight=0.0)
     weighted = sequence_task_loss_fn(model, params, batch, None, True, spec=GPT2_SPEC,
@@ -87,8 +100,11 @@ def test_similarity_in_both_orders_is_symmetric_and_the_lm_term_is_weighted():
     lm = causal_lm_loss(model.apply({"params": params}, rows)["logits"],
                         rows["inputs"], rows["segment_ids"])
     mean_lm = lm["loss"] / lm["tokens"]
-    np.testing.assert_allclose(weighted["loss"], plain["loss"] + 0.5 * mean_lm * 3, rtol=1e-5)
-    np.testing.assert_allclose(weighted["lm_loss"] / weighted["lm_examples"], mean_lm, rtol=1e-5)
+    # The same rows' logits and causal_lm_loss: a few float32 operations apart (16 u).
+    np.testing.assert_allclose(weighted["loss"], plain["loss"] + 0.5 * mean_lm * 3,
+                               rtol=16 * tolerances.F32)
+    np.testing.assert_allclose(weighted["lm_loss"] / weighted["lm_examples"], mean_lm,
+                               rtol=16 * tolerances.F32)
 
 
 def test_regression_is_the_squared_error_of_the_score():
@@ -98,7 +114,9 @@ def test_regression_is_the_squared_error_of_the_score():
     scores = sequence_logits(GPT2_SPEC, "regression", model, params, batch)[0][:, 0]
     sums = sequence_task_loss_fn(model, params, batch, None, True, spec=GPT2_SPEC,
                                  kind="regression", regression=True, lm_weight=0.0)
-    np.testing.assert_allclose(sums["loss"], ((scores - batch["labels"]) ** 2).sum(), rtol=1e-5)
+    # The same scores, squared and summed (4 positive terms): a few float32 roundings (16 u).
+    np.testing.assert_allclose(sums["loss"], ((scores - batch["labels"]) ** 2).sum(),
+                               rtol=16 * tolerances.F32)
 
 
 def test_bart_classifies_from_the_decoder_state_at_the_final_eos():
@@ -116,8 +134,8 @@ def test_bart_classifies_from_the_decoder_state_at_the_final_eos():
     later = inputs.at[0, 6:].set(3)
     again = model.apply({"params": params}, {"inputs": inputs, "decoder_inputs": later,
                                              "extract_positions": extract})
-    np.testing.assert_allclose(again["classification_logits"][0],
-                               out["classification_logits"][0], atol=1e-6)
+    np.testing.assert_array_equal(again["classification_logits"][0],
+                                  out["classification_logits"][0])
 
 
 def test_without_num_labels_the_models_return_plain_logits():

@@ -191,8 +191,10 @@ def test_squad_scores_the_gold_spans_one_and_wrong_ones_as_the_official_formula(
     ends[1] = next(t for t in range(ends[1] + 1, len(offsets[1]))
                    if offsets[1][t][0] > offsets[1][ends[1]][0])
     ends[3] = max(t for t in range(ends[3]) if offsets[3][t][0] < offsets[3][ends[3]][0])
+    # Float64 means of 4 scores, each a few operations on word counts: within 1e-12.
     assert score(starts, ends) == pytest.approx({"exact_match": 2 / 4,
-                                                 "squad_f1": (1 + 6 / 7 + 1 + 6 / 7) / 4})
+                                                 "squad_f1": (1 + 6 / 7 + 1 + 6 / 7) / 4},
+                                                rel=1e-12)
 
 
 def test_conll2003_scores_the_gold_tags_one_and_wrong_ones_as_seqeval(stdlib_tokenizer,
@@ -214,6 +216,7 @@ def test_conll2003_scores_the_gold_tags_one_and_wrong_ones_as_seqeval(stdlib_tok
                      rng.integers(0, len(CONLL_TAGS), labels.shape), predictions)
     predicted_words = [[CONLL_TAGS[t] for t in row[mask]] for row, mask in zip(wrong, tagged)]
     assert predicted_words != gold
+    # Both are float64 ratios of the same entity counts: within 1e-12.
     assert objective.score(config, stdlib_tokenizer, "dev",
                            {"predictions": wrong, "labels": labels}) == pytest.approx(
-        {"entity_f1": f1_score(gold, predicted_words)})
+        {"entity_f1": f1_score(gold, predicted_words)}, rel=1e-12)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tolerances
 from conftest import read_metrics, train_tiny_workdir
 
 import textgen_jax
@@ -28,10 +29,12 @@ def test_fine_tune_starts_at_the_pretrained_params_and_freezes(pretrained, tmp_p
                    "--config.train.eval_every=6", "--config.train.checkpoint_every=6",
                    "--config.train.freeze=('token_embed', 'block_0')")
     assert f"initialised from {pretrained}: 0 new parameter(s), 0 dropped" in run.stdout
-    # Its step-0 evaluation is the pretrained model's last one: the same params, same data.
+    # Its step-0 evaluation is the pretrained model's last one: the same params, same data,
+    # at most summed in another order by another run's program (the longest float32
+    # reduction <= 1024 terms: the vocabulary's softmax, the eval batches' tokens).
     before = read_metrics(pretrained, "eval")[30]["loss"]
     start = read_metrics(workdir, "eval")[0]["loss"]
-    assert abs(start - before) < 1e-5 * before, (start, before)
+    assert abs(start - before) <= tolerances.reordered_sum(1024) * before, (start, before)
 
     old = _leaves(textgen_jax.load(str(pretrained)).params)
     new = _leaves(textgen_jax.load(str(workdir)).params)

@@ -40,7 +40,8 @@ def test_activation_estimate_follows_the_rows_and_heads_each_device_holds():
     one = metrics.activation_bytes_per_device(config, {"data": 1, "fsdp": 1, "tensor": 1}, 2)
     eight_way_data = metrics.activation_bytes_per_device(
         config, {"data": 2, "fsdp": 4, "tensor": 1}, 2)
-    assert eight_way_data == pytest.approx(one / 8, rel=1e-3)
+    # The estimate is proportional to the rows a device holds, truncated to whole bytes.
+    assert eight_way_data == pytest.approx(one / 8, abs=1)
     tensor = metrics.activation_bytes_per_device(config, {"data": 1, "fsdp": 1, "tensor": 4}, 2)
     assert one / 4 < tensor < one  # the 10 s*b*h bytes of norms and residuals stay whole
     config.model.dtype = "bfloat16"

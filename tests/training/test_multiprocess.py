@@ -5,6 +5,7 @@ other exit with an error instead of hanging."""
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import subprocess
@@ -13,12 +14,18 @@ from pathlib import Path
 
 import pytest
 
+import tolerances
 from conftest import REPO, cli_command, cli_env, free_port, read_metrics, train_flags
 
 STEPS = 20
 FLAGS = (f"--config.train.num_steps={STEPS}", "--config.train.log_every=1",
          f"--config.train.eval_every={STEPS}", f"--config.train.checkpoint_every={STEPS}",
          "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.mesh.tensor=1")
+# How far 2 processes' losses may drift from 1 process's on the same mesh, as in
+# test_multidevice.py: the same per-device programs, whose cross-device sums (gloo's or XLA's
+# in-process collectives) may run in another order; each step's longest float32 reduction
+# <= 1024 terms, the per-step differences adding like a random walk over the steps.
+STEP = tolerances.reordered_sum(1024)
 
 
 
@@ -82,7 +89,9 @@ def two_process_run(tmp_path_factory, stdlib_data_dir, stdlib_tokenizer) -> Path
     assert report, log[-3000:]
     sharded_kib = int(report.group(2).replace(",", "")) * 4 / 4 / 1024
     assert sharded_kib <= float(report.group(1)) < 1.05 * sharded_kib
-    assert float(report.group(3)) == pytest.approx(2 * float(report.group(1)), rel=0.01)
+    # Adam's two moments are as large as the parameters, plus a few step counts (bytes); each
+    # size is printed to 0.1 KiB (rounded by <= 0.05): within 3 * 0.05 KiB + the counts.
+    assert float(report.group(3)) == pytest.approx(2 * float(report.group(1)), abs=0.2)
     return workdir
 
 
@@ -96,7 +105,8 @@ def test_two_processes_match_eight_devices_and_restore_on_one(tmp_path, tiny_run
     expected, losses = read_metrics(reference), read_metrics(two)
     assert sorted(losses) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
-        assert losses[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5), step
+        assert losses[step]["loss"] == pytest.approx(expected[step]["loss"],
+                                                     rel=math.sqrt(STEPS) * STEP), step
     # Only process 0 writes metrics: one train record per step, not one per process.
     records = (two / "metrics.jsonl").read_text().count('"split": "train"')
     assert records == STEPS
@@ -107,7 +117,9 @@ def test_two_processes_match_eight_devices_and_restore_on_one(tmp_path, tiny_run
 
     evaluated = tiny_run(two, command="eval", num_devices=1)
     restored_loss = float(re.search(r"loss ([0-9.]+)", evaluated.stdout).group(1))
-    assert restored_loss == pytest.approx(read_metrics(two, "eval")[STEPS]["loss"], rel=1e-5)
+    # One forward pass summed over other shards, and the eval command prints 4 decimals.
+    logged = read_metrics(two, "eval")[STEPS]["loss"]
+    assert abs(restored_loss - logged) <= STEP * logged + 0.5e-4
 
 
 def _wait_for_step(workdir: Path, cluster: Cluster, step: int, timeout: float = 300) -> None:
@@ -140,7 +152,9 @@ def test_sigterm_to_one_process_saves_on_an_agreed_step_and_resumes_exactly(
         assert f"resumed from the checkpoint at step {saved}" in cluster.logs[0].read_text()
     expected, after = read_metrics(two_process_run), read_metrics(interrupted)
     assert sorted(after) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):  # bitwise: same batches, same state, same collectives
+    # Bitwise: the same program on the same processes and devices, from the same state and
+    # batches, and XLA's CPU programs and gloo's collectives are deterministic.
+    for step in range(1, STEPS + 1):
         assert after[step]["loss"] == expected[step]["loss"], step
         assert after[step]["grad_norm"] == expected[step]["grad_norm"], step
 

@@ -10,17 +10,28 @@ architecture, no CLI start-up per run (tests/training/test_multidevice.py covers
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
+import tolerances
 from conftest import REPO, TINY_OVERRIDES, cli_env
 
 STEPS = 3
 # data+fsdp+tensor (2, 2, 2) runs 20 steps through the CLI in test_multidevice.py.
 STRATEGIES = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (1, 1, 8)}
 ARCHITECTURES = ("gpt2", "gpt", "bert", "xlm", "bart")
+# How far a strategy's losses may drift from one device's, as in test_multidevice.py: the same
+# function summed in another order (partial sums per shard, then across shards), each step's
+# longest float32 reduction <= 1024 terms (the vocabulary's softmax, the batch's 256 tokens),
+# those per-step differences adding like a random walk over the steps: 3.3e-6.
+LOSSES = math.sqrt(STEPS) * tolerances.reordered_sum(1024)
+# Remat recomputes the blocks' forward pass inside the backward one, which XLA may fuse and
+# order otherwise: float32, 2 layers whose longest reduction is the vocabulary's (1000), for
+# the loss and for the gradients (relative to their largest element).
+REMAT = tolerances.network(layers=2, width=1024)
 
 SCRIPT = r"""
 import importlib.util, json, sys
@@ -137,7 +148,7 @@ def test_every_strategy_matches_one_device_for_every_architecture(stdlib_data_di
         worst = {}
         for strategy, (losses, _, _) in runs.items():
             worst[strategy] = max(abs(a - b) / abs(b) for a, b in zip(losses, baseline))
-            assert losses == pytest.approx(baseline, rel=1e-5), (arch, strategy)
+            assert losses == pytest.approx(baseline, rel=LOSSES), (arch, strategy)
         fsdp_ratio, fsdp_whole = runs["fsdp"][1] / replicated_bytes, runs["fsdp"][2]
         print(f"{arch}: max relative loss difference {worst}; FSDP bytes per device / "
               f"replicated = {fsdp_ratio:.6f}; remat (relative loss difference, max gradient "
@@ -145,6 +156,9 @@ def test_every_strategy_matches_one_device_for_every_architecture(stdlib_data_di
         # Every parameter with a dimension divisible by 8 is split 8 ways, biases and norm
         # scales included; only what no dimension divides (BERT's 2-class NSP bias) stays whole.
         assert not fsdp_whole, (arch, fsdp_whole)
+        # Integer byte counts: what no dimension divides moves the ratio from 1/8 by 7 times
+        # its share of the bytes (1e-4 for BERT); 1e-3 allows about 20 such floats, and any
+        # parameter a dimension divides that stays whole is named above.
         assert fsdp_ratio == pytest.approx(1 / 8, rel=1e-3), arch
         for name, (loss_difference, gradient_difference) in remat.items():
-            assert loss_difference < 1e-6 and gradient_difference < 1e-5, (arch, name)
+            assert loss_difference <= REMAT and gradient_difference <= REMAT, (arch, name)
