@@ -84,3 +84,25 @@ def gradient_is_noise(path) -> bool:
     when one vector is added to every key: q.(k+b) shifts all of a query's scores by q.b).
     Adam normalises that noise into steps of up to lr, so no relative bound holds for it."""
     return [getattr(key, "key", None) for key in path][-2:] == ["key", "bias"]
+
+
+def assert_same_updates(before, reference, other, rel: float, max_step: float) -> int:
+    """Two runs that started from `before` (parameter trees) reached `reference` and `other`:
+    tensor by tensor, ||other - reference|| <= rel * ||reference - before|| (how far the
+    tensor moved), except where the gradient is noise (`gradient_is_noise`), which each run
+    may move by at most `max_step` per element. Returns how many tensors the relative bound
+    checked."""
+    import jax
+    import numpy as np
+
+    checked = 0
+    for (path, want), got, start in zip(jax.tree_util.tree_leaves_with_path(reference),
+                                        jax.tree.leaves(other), jax.tree.leaves(before)):
+        want, got, start = (np.asarray(x, np.float64) for x in (want, got, start))
+        name = jax.tree_util.keystr(path)
+        if gradient_is_noise(path):
+            assert max(np.abs(want - start).max(), np.abs(got - start).max()) <= max_step, name
+            continue
+        assert np.linalg.norm(got - want) <= rel * np.linalg.norm(want - start), name
+        checked += 1
+    return checked

@@ -112,14 +112,8 @@ def test_scanned_stack_equals_unrolled_blocks(arch, stdlib_data_dir, stdlib_toke
     # times it, tensor by tensor, against how far the parameters moved. A key bias moves by
     # noise alone, by at most lr (Adam with b1**2 < b2 moves an element by <= lr a step).
     lr = float(optimizer.learning_rate_schedule(unrolled_config.optim, len(batches))(1))
-    for (path, want), got, before in zip(jax.tree_util.tree_leaves_with_path(unrolled_params),
-                                         jax.tree.leaves(unstack_layers(scanned_params)),
-                                         jax.tree.leaves(params)):
-        want, got, before = (np.asarray(x, np.float64) for x in (want, got, before))
-        if tolerances.gradient_is_noise(path):
-            assert max(np.abs(want - before).max(), np.abs(got - before).max()) <= lr, path
-            continue
-        assert np.linalg.norm(got - want) <= 4 * step * np.linalg.norm(want - before), path
+    tolerances.assert_same_updates(params, unrolled_params, unstack_layers(scanned_params),
+                                   4 * step, lr)
 
 
 # Greedy decoding for a decoder-only model, beam search (cache reordered) for BART.
