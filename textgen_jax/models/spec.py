@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from textgen_jax import ops
 from textgen_jax.config import ConfigError
 from textgen_jax.models.layers import TransformerConfig
 
@@ -91,7 +92,7 @@ class ArchitectureSpec:
             vocab_size=vocab_size, num_layers=m.num_layers, d_model=m.d_model,
             num_heads=m.num_heads, d_ff=m.d_ff, max_len=m.max_len, dropout=m.dropout,
             attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps,
-            init_std=m.init_std, dtype=jnp.dtype(m.dtype), activation=m.activation,
+            init_std=m.init_std, dtype=jnp.dtype(ops.compute_dtype(m.dtype)), activation=m.activation,
             remat=m.remat, scan_layers=m.scan_layers,
             attention=m.get("attention", "auto"))  # configs saved before the key
 

@@ -15,7 +15,7 @@ from jax.experimental import multihost_utils
 
 from textgen_jax import config as config_lib
 from textgen_jax import data as data_lib
-from textgen_jax import decoding, models
+from textgen_jax import decoding, models, ops
 from textgen_jax.finetune.objectives import objective_for
 from textgen_jax.finetune.tasks import in_language
 from textgen_jax.training import (checkpoint, init_from, metrics as metrics_lib, optimizer,
@@ -243,6 +243,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoint.write_config(workdir, config)
     num_params = metrics_lib.count_params(state.params)
     log(f"{config.model.arch}: {num_params:,} parameters, vocabulary {config.model.vocab_size}")
+    if config.model.dtype == "auto":
+        log(ops.auto_dtype_reason())
 
     # ---- update and eval steps -----------------------------------------------------------
     train_step = steps.jit_train_step(
@@ -261,7 +263,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     flops_per_step = tokens_per_step * metrics_lib.flops_per_token(
         spec.attention_layer_count(), config.model.d_model, config.data.seq_len,
         metrics_lib.count_params(state.params, exclude_embeddings=True))
-    peak_flops = metrics_lib.peak_flops_per_device(config.model.dtype) * jax.device_count()
+    peak_flops = metrics_lib.peak_flops_per_device(ops.compute_dtype(config.model.dtype)) * jax.device_count()
 
     last_saved = start_step
     written = start_step or None  # the newest checkpoint known to be finished
@@ -278,7 +280,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             raise DivergenceError(
                 f"training stopped: {what} became NaN or inf at step "
                 f"{bad} (config.optim.lr={config.optim.lr}, warmup_steps="
-                f"{config.optim.warmup_steps}, dtype {config.model.dtype}). Likely causes: a "
+                f"{config.optim.warmup_steps}, dtype {ops.compute_dtype(config.model.dtype)}). Likely causes: a "
                 "learning rate too high for this model (lower config.optim.lr or raise "
                 "config.optim.warmup_steps), a bad batch, or bfloat16 overflow. No checkpoint "
                 f"after step {last_saved} was written: the workdir resumes from step "

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from textgen_jax import ops
+
 # Dense peak FLOP/s per chip for MFU, by device kind substring (bfloat16 / float32).
 _ACCELERATOR_PEAK_FLOPS = {
     "H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
@@ -199,7 +201,7 @@ def activation_bytes_per_device(config: Any, mesh_shape: dict[str, int],
     rows = max(d.global_batch_size // (mesh_shape["data"] * mesh_shape["fsdp"])
                // config.optim.grad_accum_steps, 1)
     s, h, a, t = d.seq_len, m.d_model, m.num_heads, mesh_shape["tensor"]
-    scale = np.dtype(m.dtype).itemsize / 2
+    scale = np.dtype(ops.compute_dtype(m.dtype)).itemsize / 2
     per_layer = s * rows * h * (10 + 24 / t + 5 * a * s / (h * t)) * scale
     logits = 2 * rows * s * m.vocab_size / t * 4
     return int(attention_layers * per_layer + logits)
