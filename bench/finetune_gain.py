@@ -44,7 +44,7 @@ def _pretrained(arch: str, root: Path, steps: int) -> Path:
 
 
 def _fine_tune(task: str, arch: str, pretrained: Path, init: str, seed: int, workdir: Path,
-               steps: int) -> float:
+               steps: int, overrides: list[str]) -> float:
     import importlib.util
 
     from textgen_jax.data.tokenizer import TOKENIZER_FILENAME
@@ -61,6 +61,14 @@ def _fine_tune(task: str, arch: str, pretrained: Path, init: str, seed: int, wor
     config.sample.prompts = ()
     if steps:
         config.train.update(num_steps=steps, eval_every=steps, checkpoint_every=steps)
+    for override in overrides:  # KEY=VALUE, the value parsed as the leaf's type
+        key, _, value = override.partition("=")
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else (
+            value.lower() in ("1", "true"))
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -83,6 +91,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/finetune_gain", help="the fine-tunes' workdirs")
     parser.add_argument("--pretrain-steps", type=int, default=0, help="0: the preset's")
     parser.add_argument("--finetune-steps", type=int, default=0, help="0: the preset's")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a fine-tuning config override, e.g. task.lm_weight=0 (repeatable)")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds={args.seeds}: use 1 or more (3 for a standard deviation).")
@@ -98,12 +108,13 @@ def main() -> None:
                 start = time.perf_counter()
                 score = _fine_tune(args.task, arch, pretrained, init, seed,
                                    Path(args.out) / f"{arch}_{init}_{seed}",
-                                   args.finetune_steps)
+                                   args.finetune_steps, args.set)
                 scores[init].append(score)
                 print(json.dumps({"case": "finetune", "task": args.task, "arch": arch,
                                   "init": init, "seed": seed, "metric": score,
                                   "run_s": round(time.perf_counter() - start, 1)}), flush=True)
-        summary = {"case": "gain", "task": args.task, "arch": arch, "seeds": args.seeds}
+        summary = {"case": "gain", "task": args.task, "arch": arch, "seeds": args.seeds,
+                   "overrides": args.set}
         for init, values in scores.items():
             summary[f"{init}_mean"] = statistics.fmean(values)
             summary[f"{init}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0

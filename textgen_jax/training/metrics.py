@@ -13,6 +13,7 @@ import numpy as np
 from etils import epath
 
 from textgen_jax import ops
+from textgen_jax.ops import calibration
 
 # Dense peak FLOP/s per chip for MFU, by device kind substring (bfloat16 / float32).
 _ACCELERATOR_PEAK_FLOPS = {
@@ -128,16 +129,16 @@ def flops_per_token(num_layers: int, d_model: int, seq_len: int, non_embedding_p
     return 6 * non_embedding_params + 12 * num_layers * d_model * seq_len
 
 
-def _measured_matmul_flops(dtype: str, size: int = 1024, repeats: int = 5) -> float:
-    a = jnp.ones((size, size), dtype)
-    matmul = jax.jit(lambda x, y: jax.lax.dot(x, y, preferred_element_type=jnp.float32))
-    matmul(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+def _measured_matmul_flops(dtype: str, size: int = 1024) -> float:
+    """FLOP/s of a size^3 matmul in `dtype` on this CPU, measured once per machine and cached
+    (ops.calibration): every run's MFU has the same denominator, however busy the machine
+    was when a run started."""
+    def measure() -> dict:
+        a = jnp.ones((size, size), dtype)
+        matmul = jax.jit(lambda x, y: jax.lax.dot(x, y, preferred_element_type=jnp.float32))
+        return calibration.seconds({"s": lambda: matmul(a, a).block_until_ready()})
+
+    return 2 * size**3 / calibration.measured(f"matmul_{size}_{dtype}", measure)["s"]
 
 
 def peak_flops_per_device(dtype: str) -> float:
