@@ -5,13 +5,24 @@ TensorFloat-32 (a 10-bit mantissa, roundoff 2**-11 instead of 2**-24), which no 
 tolerance here allows for and PyTorch (the oracle) does not do. So the suite asks for full
 float32 matmuls, in this process and in every process it starts (on a CPU this changes
 nothing). Tolerances are derived in tests/tolerances.py.
+
+The suite's processes (pytest's workers and the CLI runs they start) share one persistent XLA
+compilation cache: most CLI tests train the same tiny GPT-2, and on XLA:CPU compiling its
+initialiser and train step costs more than running them. A program is the same program
+whichever process compiled it (the cache key holds the HLO, the compile options, the XLA
+flags and the jax version).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # before jax reads its config
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"textgen_jax_tests_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import json
 import math
@@ -200,16 +211,23 @@ def assert_iterator_resumes(make_iterator, skip: int = 3, compare: int = 2) -> l
 
 
 def count_compiles(run) -> int:
-    """How many XLA compilations `run()` triggers."""
+    """How many new XLA programs `run()` needs: compiled now, or loaded from the suite's
+    persistent compilation cache (an earlier process compiled it)."""
     import jax
     events = []
 
-    def listener(event, duration, **kwargs):
+    def on_duration(event, duration, **kwargs):
         if event == "/jax/core/compile/backend_compile_duration":
-            events.append(duration)
-    jax.monitoring.register_event_duration_secs_listener(listener)
+            events.append(event)
+
+    def on_event(event, **kwargs):
+        if event == "/jax/compilation_cache/cache_hits":
+            events.append(event)
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
     try:
         run()
     finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+        jax.monitoring.unregister_event_listener(on_event)
     return len(events)
