@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tolerances
@@ -39,6 +41,23 @@ def test_a_measurement_is_made_once_per_machine_and_then_read_from_the_cache(cac
     cache.write_text(json.dumps({key.replace(calibration.machine_key(), "cpu other"):
                                  entries[key]}))
     assert calibration.measured("probe", measure)["value"] == 2 and len(calls) == 2
+
+
+def test_a_first_use_inside_a_trace_measures_on_the_device_not_in_the_trace(cache):
+    """Layouts are chosen as a matmul is traced: the measurement must still execute (a
+    traced one would time the tracing; float() of a traced value raises)."""
+    def measure():
+        start = time.perf_counter()
+        value = float(jax.jit(lambda x: (x @ x).sum())(jnp.ones((64, 64))))
+        return {"value": value, "s": time.perf_counter() - start}
+
+    @jax.jit
+    def traced(x):
+        assert calibration.measured("probe", measure)["value"] == 64.0 ** 3
+        return x + 1
+
+    traced(1.0)
+    assert calibration.measured("probe", measure)["cached"]
 
 
 def test_an_unreadable_cache_is_measured_again_and_rewritten(cache):

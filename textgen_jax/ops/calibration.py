@@ -76,12 +76,17 @@ def _store(entries: dict) -> None:
 
 def measured(name: str, measure: Callable[[], dict]) -> dict:
     """Measurement `name` of this machine: the cached one, or `measure()` run now and cached.
-    The result carries `machine` (machine_key) and `cached` (whether it came from the file)."""
+    The result carries `machine` (machine_key) and `cached` (whether it came from the file).
+
+    The first use may come while a model is being traced (a layout is chosen as a matmul is
+    traced): the measurement then still runs on the device, not into the trace, where every
+    operation would be staged and every timing that of tracing alone."""
     key = f"{name} | {machine_key()}"
     entries = _load()
     if key in entries:
         return {**entries[key], "cached": True}
-    result = dict(measure(), machine=machine_key())
+    with jax.ensure_compile_time_eval():
+        result = dict(measure(), machine=machine_key())
     _store({**_load(), key: result})
     return {**result, "cached": False}
 
