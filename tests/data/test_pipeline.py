@@ -8,7 +8,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from textgen_jax.config import base_config
-from textgen_jax.data.pipeline import iterator_restore_args, iterator_save_args, lm_dataset
+from textgen_jax.data.pipeline import (bart_denoising_dataset, bert_pretraining_dataset,
+                                       iterator_restore_args, iterator_save_args, lm_dataset)
 from textgen_jax.data.sources import open_source, texts
 
 SEQ_LEN = 64
@@ -125,14 +126,18 @@ def test_resume_from_orbax_checkpoint_is_exact(config, stdlib_tokenizer, tmp_pat
             np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_worker_processes_give_the_same_batches(config, stdlib_tokenizer):
+@pytest.mark.parametrize("dataset", [lm_dataset, bert_pretraining_dataset,
+                                     bart_denoising_dataset], ids=["clm", "mlm_nsp", "denoising"])
+def test_worker_processes_give_the_same_batches(config, stdlib_tokenizer, dataset):
+    """Packed, masked and noised rows alike: the host's per-token work spreads over worker
+    processes without changing the stream."""
     # grain's worker processes read absl flags, which the CLI parses and pytest does not.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
     def first_batches(worker_count: int) -> list[dict[str, np.ndarray]]:
         config.data.worker_count = worker_count
-        iterator = iter(lm_dataset(config, stdlib_tokenizer, "validation"))
+        iterator = iter(dataset(config, stdlib_tokenizer, "validation"))
         batches = [next(iterator) for _ in range(6)]
         iterator.close()
         return batches

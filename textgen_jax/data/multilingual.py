@@ -22,8 +22,8 @@ import numpy as np
 
 from textgen_jax.config import ConfigError
 from textgen_jax.data.masking import IGNORE_LABEL, mask_tokens, special_ids
-from textgen_jax.data.pipeline import (epochs, local_batch_size, packed_lm_rows, process_shard,
-                                       shuffle_seed)
+from textgen_jax.data.pipeline import (epochs, in_workers, local_batch_size, packed_lm_rows,
+                                       process_shard, shuffle_seed)
 from textgen_jax.data.sources import example_text, open_source
 from textgen_jax.data.tokenizer import Tokenizer
 
@@ -228,4 +228,4 @@ def tlm_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer, split: 
                       repeat)
     rows = examples.map_with_index(_TranslationPair(tokenizer, features, config.data.seq_len,
                                                     shuffle_seed(config)))
-    return rows.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    return in_workers(rows.to_iter_dataset(), config).batch(batch_size, drop_remainder=True)

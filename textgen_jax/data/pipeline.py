@@ -109,6 +109,20 @@ def lm_dataset(
     return rows.batch(batch_size, drop_remainder=True)
 
 
+def in_workers(rows: grain.IterDataset, config: ml_collections.ConfigDict) -> grain.IterDataset:
+    """`rows` computed by config.data.worker_count grain worker processes (0: in this one).
+
+    Workers compute interleaved slices of the stream and grain merges them back in order, so
+    the rows (and the packing or batching after them) are the same for any worker count, and
+    the iterator's state still resumes the stream. Tokenizing, masking and noising are the
+    host's work per token: workers spread them over the host's cores (bench/data_throughput.py).
+    """
+    if config.data.worker_count > 0:
+        rows = rows.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=config.data.worker_count))
+    return rows
+
+
 def packed_lm_rows(
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
@@ -142,12 +156,7 @@ def packed_lm_rows(
     documents = epochs(process_shard(source, process_index, process_count), config, shuffle,
                        repeat)
     token_ids = documents.map(_TokenizeDocument(tokenizer, config.data.text_key))
-    rows = token_ids.to_iter_dataset()
-    if config.data.worker_count > 0:
-        # Workers tokenize interleaved slices and grain merges them back in order, so the
-        # stream (and the packing after it) is the same for any worker count.
-        rows = rows.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=config.data.worker_count))
+    rows = in_workers(token_ids.to_iter_dataset(), config)
     rows = grain.experimental.ConcatThenSplitIterDataset(
         rows, length_struct={"inputs": config.data.seq_len})
     return rows.map(_rename_packed)
@@ -265,7 +274,7 @@ def bert_pretraining_dataset(
     documents = epochs(grain.MapDataset.range(len(source)), config, shuffle, repeat)
     rows = documents.map_with_index(_SentencePairs(
         source, tokenizer, config.data.text_key, config.data.seq_len, shuffle_seed(config)))
-    return rows.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    return in_workers(rows.to_iter_dataset(), config).batch(batch_size, drop_remainder=True)
 
 
 class _DenoisingPair:
@@ -355,7 +364,7 @@ def bart_denoising_dataset(
     rows = documents.map_with_index(_DenoisingPair(
         source, tokenizer, config.data.text_key, config.data.seq_len, shuffle_seed(config),
         NoiseConfig(**config.noise.to_dict())))
-    return rows.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    return in_workers(rows.to_iter_dataset(), config).batch(batch_size, drop_remainder=True)
 
 
 def iterator_save_args(iterator: grain.DatasetIterator) -> grain.checkpoint.CheckpointSave:
