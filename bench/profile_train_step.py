@@ -23,13 +23,17 @@ import json
 import os
 import re
 import tempfile
-import time
+
+import sys
+from pathlib import Path
 
 import numpy as np
 
-CASE = dict(vocab=8192, max_len=512, d_model=512, num_layers=6, num_heads=8, d_ff=2048,
-            seq_len=256, batch=8)
-OPTIM = dict(lr=3e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import (CASES, OPTIM, SEED, WARMUP_STEPS, clm_batch,  # noqa: E402
+                              jax_config, time_steps)
+
+CASE = CASES["train_gpt2_bench"]
 
 
 def _kind(name: str) -> str:
@@ -40,29 +44,19 @@ def _kind(name: str) -> str:
 def profile_ours(dtype: str, steps: int, show_hlo: bool) -> dict:
     import jax
 
-    from textgen_jax import config as config_lib
     from textgen_jax.models import build_model
     from textgen_jax.objectives import clm_loss_fn
     from textgen_jax.training import optimizer, partitioning
     from textgen_jax.training import steps as steps_lib
 
-    c = config_lib.base_config()
-    for key in ("num_layers", "d_model", "num_heads", "d_ff", "max_len"):
-        c.model[key] = CASE[key]
-    c.model.arch, c.model.dtype = "gpt2", dtype
-    c.optim.update(OPTIM, warmup_steps=0, decay="constant", clip_norm=0.0)
+    c = jax_config(CASE, dtype)
     mesh = partitioning.make_mesh(c.mesh)
     model = build_model(c.model, CASE["vocab"])
     tx = optimizer.make_optimizer(c.optim, 100)
-    state, shardings = steps_lib.create_state(model, tx, CASE["seq_len"], mesh, seed=0)
+    state, shardings = steps_lib.create_state(model, tx, CASE["seq_len"], mesh, seed=SEED)
     train_step = steps_lib.jit_train_step(
         steps_lib.make_train_step(model, clm_loss_fn, tx), shardings, mesh)
-    ids = np.random.default_rng(0).integers(0, CASE["vocab"], (CASE["batch"], CASE["seq_len"]),
-                                            dtype=np.int32)
-    batch = partitioning.global_batch(
-        {"inputs": ids, "segment_ids": np.ones_like(ids),
-         "positions": np.broadcast_to(np.arange(CASE["seq_len"], dtype=np.int32), ids.shape)},
-        mesh)
+    batch = partitioning.global_batch(clm_batch(c, np.random.default_rng(SEED))[0], mesh)
     rng = jax.random.key(0)
     holder = {"state": state}
 
@@ -71,12 +65,7 @@ def profile_ours(dtype: str, steps: int, show_hlo: bool) -> dict:
             holder["state"], metrics = train_step(holder["state"], batch, rng)
         jax.block_until_ready((holder["state"], metrics))
 
-    for _ in range(3):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    step_ms = (time.perf_counter() - start) / steps * 1e3
+    step_ms = sum(time_steps(step, WARMUP_STEPS, steps)) / steps * 1e3
     trace_dir = tempfile.mkdtemp(prefix="textgen_profile_")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         for _ in range(steps):
@@ -124,8 +113,8 @@ def profile_theirs(dtype: str, steps: int) -> dict:
     optim = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"],
                               betas=(OPTIM["b1"], OPTIM["b2"]), eps=OPTIM["eps"],
                               weight_decay=OPTIM["weight_decay"])
-    ids = torch.from_numpy(np.random.default_rng(0).integers(
-        0, CASE["vocab"], (CASE["batch"], CASE["seq_len"])))
+    theirs = clm_batch(jax_config(CASE, dtype), np.random.default_rng(SEED))[1]
+    ids = torch.from_numpy(theirs["input_ids"].astype(np.int64))  # the batch ours reads
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
                 else contextlib.nullcontext())
 
@@ -136,12 +125,7 @@ def profile_theirs(dtype: str, steps: int) -> dict:
         loss.backward()
         optim.step()
 
-    for _ in range(3):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    step_ms = (time.perf_counter() - start) / steps * 1e3
+    step_ms = sum(time_steps(step, WARMUP_STEPS, steps)) / steps * 1e3
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
